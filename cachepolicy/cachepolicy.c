@@ -1,0 +1,237 @@
+/* Cache-mode semantics, for every protocol driver below.
+ *
+ * QEMU's five modes are three settings (bdrv_parse_cache_mode):
+ *
+ *   mode          direct  no-flush  write cache
+ *   writeback     off     off       on
+ *   writethrough  off     off       off
+ *   none          on      off       on
+ *   directsync    on      off       off
+ *   unsafe        off     on        on
+ *
+ * Write cache off: every write, trim and zero is made durable before it
+ * completes (FUA, native below or emulated here as write + flush).
+ * No-flush: FLUSH and FUA succeed at once and never reach the disk.
+ * Otherwise FLUSH goes down, except when nothing was written since the
+ * last successful flush (QEMU's flush elision), and once a flush has
+ * failed every later one fails too: the kernel may have dropped the dirty
+ * pages, so success would be a lie.
+ *
+ * Direct I/O (O_DIRECT) is not implemented yet: none and directsync keep
+ * the durability of writeback and writethrough (which they share) but go
+ * through the host page cache; the server says so when it starts.
+ */
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nbdstack/layer.h"
+
+struct cachepolicy {
+  bool direct;
+  bool no_flush;
+  bool write_cache;
+  /* Flush elision: writes completed (not already durable) and the
+   * generation the last successful flush covered. */
+  atomic_uint_fast64_t written_gen;
+  atomic_uint_fast64_t flushed_gen;
+  atomic_int flush_error;   /* sticky errno of a failed flush */
+};
+
+static const struct {
+  const char *name;
+  bool direct, no_flush, write_cache;
+} modes[] = {
+  { "writeback",    false, false, true },
+  { "writethrough", false, false, false },
+  { "none",         true,  false, true },
+  { "directsync",   true,  false, false },
+  { "unsafe",       false, true,  true },
+};
+
+static int
+cp_open(struct nbds_layer *l, const struct nbds_kv *kv, size_t nkv)
+{
+  static const char *const known[] = { "mode", NULL };
+  if (nbds_kv_check("cachepolicy", kv, nkv, known) == -1)
+    return -1;
+  if (!l->below) {
+    nbds_error("cachepolicy: needs a layer below it");
+    return -1;
+  }
+  const char *mode = nbds_kv_get(kv, nkv, "mode");
+  if (!mode)
+    mode = "writeback";
+  struct cachepolicy *cp = calloc(1, sizeof *cp);
+  if (!cp) {
+    nbds_error("out of memory");
+    return -1;
+  }
+  size_t i;
+  for (i = 0; i < sizeof modes / sizeof modes[0]; i++)
+    if (strcmp(modes[i].name, mode) == 0)
+      break;
+  if (i == sizeof modes / sizeof modes[0]) {
+    free(cp);
+    nbds_error("unknown cache mode '%s'", mode);
+    return -1;
+  }
+  cp->direct = modes[i].direct;
+  cp->no_flush = modes[i].no_flush;
+  cp->write_cache = modes[i].write_cache;
+  if (cp->direct)
+    fprintf(stderr, "nbdstack: cache=%s: direct I/O is not implemented yet; "
+            "using the host page cache with the same durability as %s\n",
+            mode, cp->write_cache ? "writeback" : "writethrough");
+  l->priv = cp;
+  return 0;
+}
+
+static void
+cp_close(struct nbds_layer *l)
+{
+  free(l->priv);
+}
+
+static void
+cp_caps(struct nbds_layer *l, struct nbds_caps *caps)
+{
+  struct cachepolicy *cp = l->priv;
+  if (cp->no_flush) {
+    /* Flushes are answered here, whatever the layer below can do. */
+    caps->can_flush = true;
+    caps->fua = NBDS_FUA_NATIVE;
+  } else if (caps->fua == NBDS_FUA_NONE && caps->can_flush)
+    caps->fua = NBDS_FUA_EMULATE;
+  /* multi-conn passes through: this layer keeps no per-connection state. */
+}
+
+static bool
+is_write(enum nbds_op op)
+{
+  return op == NBDS_OP_WRITE || op == NBDS_OP_TRIM || op == NBDS_OP_ZERO;
+}
+
+/* Emulated FUA: the write has completed below; now flush, then complete
+ * the parent.  scratch[0] marks which step a child is at. */
+enum { STEP_WRITE, STEP_FLUSH };
+
+static void submit_flush(struct nbds_layer *l, struct nbds_req *req);
+
+static void
+emulated_done(struct nbds_req *child, int err)
+{
+  struct nbds_layer *l = child->opaque;
+  struct nbds_req *parent = child->parent;
+  if (err || child->scratch[0] == STEP_FLUSH) {
+    nbds_req_free(child);
+    nbds_req_complete(parent, err);
+    return;
+  }
+  struct cachepolicy *cp = l->priv;
+  atomic_fetch_add(&cp->written_gen, 1);
+  child->scratch[0] = STEP_FLUSH;
+  child->op = NBDS_OP_FLUSH;
+  child->flags = 0;
+  child->offset = child->count = 0;
+  submit_flush(l, child);
+}
+
+static void
+write_done(struct nbds_req *child, int err)
+{
+  struct nbds_layer *l = child->opaque;
+  struct cachepolicy *cp = l->priv;
+  struct nbds_req *parent = child->parent;
+  /* A write made durable by native FUA leaves nothing to flush. */
+  if (!err && !(child->flags & NBDS_F_FUA))
+    atomic_fetch_add(&cp->written_gen, 1);
+  nbds_req_free(child);
+  nbds_req_complete(parent, err);
+}
+
+static void
+flush_done(struct nbds_req *child, int err)
+{
+  struct nbds_layer *l = child->opaque;
+  struct cachepolicy *cp = l->priv;
+  struct nbds_req *parent = child->parent;
+  uint64_t gen = child->scratch[1];
+  if (err) {
+    int none = 0;
+    atomic_compare_exchange_strong(&cp->flush_error, &none, err);
+  } else {
+    uint_fast64_t seen = atomic_load(&cp->flushed_gen);
+    while (seen < gen &&
+           !atomic_compare_exchange_weak(&cp->flushed_gen, &seen, gen))
+      ;
+  }
+  err = err ? err : atomic_load(&cp->flush_error);
+  nbds_req_free(child);
+  nbds_req_complete(parent, err);
+}
+
+/* Flush through a child request `child` whose parent is the request to
+ * complete afterwards. */
+static void
+submit_flush(struct nbds_layer *l, struct nbds_req *child)
+{
+  struct cachepolicy *cp = l->priv;
+  int sticky = atomic_load(&cp->flush_error);
+  uint64_t gen = atomic_load(&cp->written_gen);
+  if (sticky || gen == atomic_load(&cp->flushed_gen)) {
+    struct nbds_req *parent = child->parent;
+    nbds_req_free(child);
+    nbds_req_complete(parent, sticky);
+    return;
+  }
+  child->scratch[1] = gen;
+  child->done = flush_done;
+  child->opaque = l;
+  nbds_layer_submit(l->below, child);
+}
+
+static void
+cp_submit(struct nbds_layer *l, struct nbds_req *req)
+{
+  struct cachepolicy *cp = l->priv;
+
+  if (cp->no_flush) {
+    if (req->op == NBDS_OP_FLUSH) {
+      nbds_req_complete(req, 0);
+      return;
+    }
+    req->flags &= ~NBDS_F_FUA;
+  } else if (!cp->write_cache && is_write(req->op))
+    req->flags |= NBDS_F_FUA;
+
+  if (req->op == NBDS_OP_FLUSH) {
+    struct nbds_req *child = nbds_req_child(req);
+    child->scratch[0] = STEP_WRITE;  /* a plain flush, not a FUA step */
+    submit_flush(l, child);
+    return;
+  }
+  if (!is_write(req->op)) {
+    nbds_layer_submit(l->below, req);
+    return;
+  }
+
+  struct nbds_req *child = nbds_req_child(req);
+  child->opaque = l;
+  if ((req->flags & NBDS_F_FUA) && l->below->caps.fua != NBDS_FUA_NATIVE) {
+    child->flags &= ~NBDS_F_FUA;
+    child->scratch[0] = STEP_WRITE;
+    child->done = emulated_done;
+  } else
+    child->done = write_done;
+  nbds_layer_submit(l->below, child);
+}
+
+const struct nbds_layer_ops nbds_cachepolicy_ops = {
+  .name = "cachepolicy",
+  .open = cp_open,
+  .close = cp_close,
+  .caps = cp_caps,
+  .submit = cp_submit,
+};

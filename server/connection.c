@@ -1,0 +1,433 @@
+/* Connection transport: buffered non-blocking reads, payloads read straight
+ * into request buffers, and replies gathered into one writev per loop
+ * iteration. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "connection.h"
+#include "log.h"
+#include "reactor.h"
+#include "server.h"
+
+#define IN_BUF_INITIAL 4096
+#define IN_BUF_MAX     (64 * 1024 + 64)  /* largest option payload we parse */
+#define WRITEV_MAX     64
+
+/* The connections on this reactor, for shutdown. */
+struct conn_link {
+  struct conn *c;
+  struct conn_link *prev, *next;
+};
+static __thread struct conn_link *conns;
+
+static void read_cb(struct ev_loop *loop, ev_io *w, int revents);
+static void conn_maybe_free(struct conn *c);
+static void conn_resume_reading(struct conn *c);
+static void write_cb(struct ev_loop *loop, ev_io *w, int revents);
+static void flush_cb(struct ev_loop *loop, ev_prepare *w, int revents);
+
+void
+conn_start(int fd, const char *peer)
+{
+  struct conn *c = calloc(1, sizeof *c + sizeof(struct conn_link));
+  if (!c) {
+    nbds_log_error("out of memory accepting a client");
+    close(fd);
+    server_client_gone(false);
+    return;
+  }
+  c->fd = fd;
+  c->reactor = reactor_self();
+  c->loop = reactor_loop(c->reactor);
+  snprintf(c->peer, sizeof c->peer, "%s", peer);
+  c->in_cap = IN_BUF_INITIAL;
+  c->in = malloc(c->in_cap);
+  if (!c->in) {
+    free(c);
+    close(fd);
+    server_client_gone(false);
+    return;
+  }
+  c->out_tail = &c->out_head;
+
+  struct conn_link *link = (struct conn_link *) (c + 1);
+  link->c = c;
+  link->next = conns;
+  if (conns)
+    conns->prev = link;
+  conns = link;
+
+  ev_io_init(&c->read_watcher, read_cb, fd, EV_READ);
+  ev_io_init(&c->write_watcher, write_cb, fd, EV_WRITE);
+  ev_prepare_init(&c->flush_watcher, flush_cb);
+  c->read_watcher.data = c->write_watcher.data = c->flush_watcher.data = c;
+  ev_io_start(c->loop, &c->read_watcher);
+  nbds_log_debug("%s: connected", c->peer);
+  conn_enter(c);
+  handshake_start(c);
+  conn_leave(c);
+}
+
+void
+conn_leave(struct conn *c)
+{
+  if (c->busy == 1 && c->reading_paused && tx_can_read_more(c))
+    conn_resume_reading(c);
+  if (--c->busy == 0)
+    conn_maybe_free(c);
+}
+
+bool
+conn_in_reserve(struct conn *c, size_t n)
+{
+  if (n > IN_BUF_MAX)
+    return false;
+  if (c->in_start > 0 && c->in_cap - c->in_start < n) {
+    memmove(c->in, c->in + c->in_start, c->in_end - c->in_start);
+    c->in_end -= c->in_start;
+    c->in_start = 0;
+  }
+  if (c->in_cap < n) {
+    uint8_t *in = realloc(c->in, n);
+    if (!in)
+      return false;
+    c->in = in;
+    c->in_cap = n;
+  }
+  return true;
+}
+
+void
+conn_read_into(struct conn *c, void *dst, size_t n,
+               void (*done)(struct conn *c))
+{
+  size_t have = conn_in_avail(c);
+  size_t take = have < n ? have : n;
+  if (dst && take)
+    memcpy(dst, conn_in_ptr(c), take);
+  conn_in_skip(c, take);
+  if (take == n) {
+    done(c);
+    return;
+  }
+  c->sink = dst ? (uint8_t *) dst + take : NULL;
+  c->sink_left = n - take;
+  c->sink_done = done;
+}
+
+static void
+consume(struct conn *c)
+{
+  if (c->phase == PHASE_HANDSHAKE)
+    handshake_consume(c);
+  else
+    tx_consume(c);
+}
+
+void
+conn_pause_reading(struct conn *c)
+{
+  if (!c->reading_paused) {
+    c->reading_paused = true;
+    ev_io_stop(c->loop, &c->read_watcher);
+  }
+}
+
+static void
+conn_resume_reading(struct conn *c)
+{
+  if (!c->reading_paused || c->eof || c->dead)
+    return;
+  c->reading_paused = false;
+  ev_io_start(c->loop, &c->read_watcher);
+  /* Requests already buffered were not parsed while paused. */
+  if (!c->sink_left && conn_in_avail(c))
+    consume(c);
+}
+
+enum read_result { READ_MORE, READ_AGAIN, READ_CLOSED };
+
+static enum read_result
+read_some(struct conn *c)
+{
+  ssize_t n;
+  if (c->sink_left) {
+    uint8_t scratch[16384];
+    uint8_t *dst = c->sink ? c->sink : scratch;
+    size_t want = c->sink || c->sink_left < sizeof scratch
+                  ? c->sink_left : sizeof scratch;
+    n = read(c->fd, dst, want);
+    if (n > 0) {
+      c->sink_left -= n;
+      if (c->sink)
+        c->sink += n;
+      if (c->sink_left == 0) {
+        c->sink = NULL;
+        c->sink_done(c);
+        if (!c->sink_left && conn_in_avail(c) && !c->reading_paused)
+          consume(c);
+      }
+      return READ_MORE;
+    }
+  } else {
+    if (c->in_start == c->in_end)
+      c->in_start = c->in_end = 0;
+    else if (c->in_cap - c->in_end < 512 && c->in_start > 0) {
+      memmove(c->in, c->in + c->in_start, c->in_end - c->in_start);
+      c->in_end -= c->in_start;
+      c->in_start = 0;
+    }
+    n = read(c->fd, c->in + c->in_end, c->in_cap - c->in_end);
+    if (n > 0) {
+      c->in_end += n;
+      consume(c);
+      return READ_MORE;
+    }
+  }
+  if (n == -1 && (errno == EAGAIN || errno == EINTR))
+    return READ_AGAIN;
+  if (n == -1 && errno != ECONNRESET)
+    nbds_log_debug("%s: read: %s", c->peer, strerror(errno));
+  return READ_CLOSED;
+}
+
+static void
+read_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+  (void) loop;
+  (void) revents;
+  struct conn *c = w->data;
+  conn_enter(c);
+  /* A bounded number of reads per wake-up keeps one busy client from
+   * starving the others on this reactor. */
+  for (int i = 0; i < 16 && !c->reading_paused && !c->eof; i++) {
+    enum read_result r = read_some(c);
+    if (r == READ_AGAIN)
+      break;
+    if (r == READ_CLOSED) {
+      conn_shutdown(c);  /* the client is gone: finish what it sent */
+      break;
+    }
+  }
+  conn_leave(c);
+}
+
+static void
+outmsg_done(struct conn *c, struct outmsg *m)
+{
+  c->out_head = m->next;
+  if (!c->out_head)
+    c->out_tail = &c->out_head;
+  m->sent(m);
+}
+
+/* Write as much of the queue as the socket takes.  Returns false if the
+ * socket is broken. */
+static bool
+write_out(struct conn *c)
+{
+  while (c->out_head) {
+    struct iovec iov[WRITEV_MAX];
+    int n = 0;
+    for (struct outmsg *m = c->out_head; m && n < WRITEV_MAX; m = m->next)
+      for (int i = m->cur; i < m->niov && n < WRITEV_MAX; i++)
+        if (m->iov[i].iov_len)
+          iov[n++] = m->iov[i];
+    if (n == 0) {
+      /* Messages of nothing but empty iovecs. */
+      outmsg_done(c, c->out_head);
+      continue;
+    }
+    ssize_t w = writev(c->fd, iov, n);
+    if (w == -1) {
+      if (errno == EAGAIN || errno == EINTR)
+        return true;
+      nbds_log_debug("%s: write: %s", c->peer, strerror(errno));
+      return false;
+    }
+    size_t left = w;
+    while (c->out_head) {
+      struct outmsg *m = c->out_head;
+      while (m->cur < m->niov && m->iov[m->cur].iov_len <= left) {
+        left -= m->iov[m->cur].iov_len;
+        m->iov[m->cur].iov_len = 0;
+        m->cur++;
+      }
+      if (m->cur < m->niov) {
+        m->iov[m->cur].iov_base = (uint8_t *) m->iov[m->cur].iov_base + left;
+        m->iov[m->cur].iov_len -= left;
+        left = 0;
+        break;
+      }
+      outmsg_done(c, m);
+    }
+  }
+  return true;
+}
+
+static void
+drop_output(struct conn *c)
+{
+  while (c->out_head)
+    outmsg_done(c, c->out_head);
+}
+
+static void
+after_write(struct conn *c, bool ok)
+{
+  if (!ok)
+    conn_kill(c);
+  else if (c->out_head) {
+    if (!ev_is_active(&c->write_watcher))
+      ev_io_start(c->loop, &c->write_watcher);
+  } else
+    ev_io_stop(c->loop, &c->write_watcher);
+}
+
+static void
+write_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+  (void) loop;
+  (void) revents;
+  struct conn *c = w->data;
+  conn_enter(c);
+  after_write(c, write_out(c));
+  conn_leave(c);
+}
+
+static void
+flush_cb(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+  (void) revents;
+  struct conn *c = w->data;
+  ev_prepare_stop(loop, w);
+  if (ev_is_active(&c->write_watcher))
+    return;  /* the socket was full: wait for it */
+  conn_enter(c);
+  after_write(c, write_out(c));
+  conn_leave(c);
+}
+
+void
+conn_send(struct conn *c, struct outmsg *m)
+{
+  if (c->dead) {
+    m->sent(m);
+    return;
+  }
+  m->next = NULL;
+  *c->out_tail = m;
+  c->out_tail = &m->next;
+  if (!ev_is_active(&c->flush_watcher) && !ev_is_active(&c->write_watcher))
+    ev_prepare_start(c->loop, &c->flush_watcher);
+}
+
+struct copymsg {
+  struct outmsg m;
+  struct iovec iov;
+  uint8_t bytes[];
+};
+
+static void
+copymsg_sent(struct outmsg *m)
+{
+  free(m);
+}
+
+void
+conn_send_copy(struct conn *c, const void *bytes, size_t len)
+{
+  struct copymsg *cm = malloc(sizeof *cm + len);
+  if (!cm) {
+    conn_kill(c);
+    return;
+  }
+  memcpy(cm->bytes, bytes, len);
+  cm->iov.iov_base = cm->bytes;
+  cm->iov.iov_len = len;
+  cm->m.iov = &cm->iov;
+  cm->m.niov = 1;
+  cm->m.cur = 0;
+  cm->m.sent = copymsg_sent;
+  conn_send(c, &cm->m);
+}
+
+void
+conn_shutdown(struct conn *c)
+{
+  c->eof = true;
+  c->sink_left = 0;
+  ev_io_stop(c->loop, &c->read_watcher);
+  tx_input_closed(c);
+}
+
+void
+conn_kill(struct conn *c)
+{
+  if (c->dead)
+    return;
+  c->dead = true;
+  c->eof = true;
+  ev_io_stop(c->loop, &c->read_watcher);
+  ev_io_stop(c->loop, &c->write_watcher);
+  ev_prepare_stop(c->loop, &c->flush_watcher);
+  drop_output(c);
+  c->sink_left = 0;
+  tx_input_closed(c);
+  shutdown(c->fd, SHUT_RDWR);
+}
+
+static void
+conn_maybe_free(struct conn *c)
+{
+  if (!c->eof || c->busy)
+    return;
+  if (c->tx.inflight > 0)
+    return;  /* replies still to come; they free it */
+  if (c->out_head && !c->dead)
+    return;  /* replies still being written */
+
+  ev_io_stop(c->loop, &c->read_watcher);
+  ev_io_stop(c->loop, &c->write_watcher);
+  ev_prepare_stop(c->loop, &c->flush_watcher);
+  drop_output(c);
+  close(c->fd);
+  nbds_log_debug("%s: closed", c->peer);
+  handshake_cleanup(c);
+  tx_cleanup(c);
+
+  struct conn_link *link = (struct conn_link *) (c + 1);
+  if (link->prev)
+    link->prev->next = link->next;
+  else
+    conns = link->next;
+  if (link->next)
+    link->next->prev = link->prev;
+
+  bool counted = c->counted;
+  free(c->in);
+  free(c);
+  server_client_gone(counted);
+}
+
+void
+conn_shutdown_all(void *unused)
+{
+  (void) unused;
+  struct conn_link *l = conns;
+  while (l) {
+    struct conn_link *next = l->next;
+    struct conn *c = l->c;
+    conn_enter(c);
+    if (c->phase == PHASE_HANDSHAKE)
+      conn_kill(c);    /* nothing of value in flight */
+    else
+      conn_shutdown(c);
+    conn_leave(c);
+    l = next;
+  }
+}

@@ -1,0 +1,148 @@
+/* Exports and the request policy that sits above every stack: --discard
+ * and --detect-zeroes, which qemu-nbd applies whatever the format. */
+#include <stdlib.h>
+#include <string.h>
+#include <ev.h>
+
+#include "export.h"
+#include "log.h"
+#include "protocol.h"
+#include "reactor.h"
+#include "zero.h"
+
+struct export *exports;
+
+void
+export_add(struct export *e)
+{
+  struct export **p = &exports;
+  while (*p)
+    p = &(*p)->next;
+  e->next = NULL;
+  *p = e;
+}
+
+struct export *
+export_find(const uint8_t *name, size_t len)
+{
+  for (struct export *e = exports; e; e = e->next)
+    if (strlen(e->name) == len && memcmp(e->name, name, len) == 0)
+      return e;
+  return NULL;
+}
+
+uint16_t
+export_flags(const struct export *e, bool structured)
+{
+  const struct nbds_caps *caps = &e->top->caps;
+  uint16_t f = NBD_FLAG_HAS_FLAGS;
+  bool writable = caps->can_write && !e->readonly;
+
+  if (!writable)
+    f |= NBD_FLAG_READ_ONLY;
+  if (caps->can_flush)
+    f |= NBD_FLAG_SEND_FLUSH;
+  if (caps->fua != NBDS_FUA_NONE)
+    f |= NBD_FLAG_SEND_FUA;
+  if (writable && caps->can_trim)
+    f |= NBD_FLAG_SEND_TRIM;
+  if (writable && caps->can_zero) {
+    f |= NBD_FLAG_SEND_WRITE_ZEROES;
+    if (caps->can_fast_zero)
+      f |= NBD_FLAG_SEND_FAST_ZERO;
+  }
+  if (structured)
+    f |= NBD_FLAG_SEND_DF;
+  if (caps->can_cache)
+    f |= NBD_FLAG_SEND_CACHE;
+  if (caps->can_multi_conn && e->multi_conn)
+    f |= NBD_FLAG_CAN_MULTI_CONN;
+  return f;
+}
+
+static bool
+iov_is_zero(const struct iovec *iov, int iovcnt)
+{
+  for (int i = 0; i < iovcnt; i++)
+    if (!buffer_is_zero(iov[i].iov_base, iov[i].iov_len))
+      return false;
+  return true;
+}
+
+void
+export_submit(struct export *e, struct nbds_req *req)
+{
+  switch (req->op) {
+  case NBDS_OP_TRIM:
+    if (e->discard == DISCARD_IGNORE) {
+      nbds_req_complete(req, 0);  /* advisory: doing nothing is allowed */
+      return;
+    }
+    break;
+  case NBDS_OP_ZERO:
+    if (e->discard == DISCARD_IGNORE)
+      req->flags |= NBDS_F_NO_HOLE;
+    break;
+  case NBDS_OP_WRITE:
+    if (e->detect_zeroes != DETECT_ZEROES_OFF && e->top->caps.can_zero &&
+        iov_is_zero(req->iov, req->iovcnt)) {
+      req->op = NBDS_OP_ZERO;
+      if (e->detect_zeroes != DETECT_ZEROES_UNMAP)
+        req->flags |= NBDS_F_NO_HOLE;
+    }
+    break;
+  default:
+    break;
+  }
+  nbds_layer_submit(e->top, req);
+}
+
+struct sync_flush {
+  struct nbds_req req;
+  bool done;
+  int err;
+};
+
+static void
+sync_flush_done(struct nbds_req *req, int err)
+{
+  struct sync_flush *sf = req->opaque;
+  sf->done = true;
+  sf->err = err;
+}
+
+bool
+exports_flush_all(void)
+{
+  bool ok = true;
+  struct ev_loop *loop = reactor_loop(reactor_self());
+  for (struct export *e = exports; e; e = e->next) {
+    if (e->readonly || !e->top->caps.can_flush)
+      continue;
+    struct sync_flush sf = { .req = { .op = NBDS_OP_FLUSH,
+                                      .done = sync_flush_done } };
+    sf.req.opaque = &sf;
+    nbds_layer_submit(e->top, &sf.req);
+    while (!sf.done)
+      ev_run(loop, EVRUN_ONCE);
+    if (sf.err) {
+      nbds_log_error("export '%s': flush at exit failed: %s", e->name,
+                     strerror(sf.err));
+      ok = false;
+    }
+  }
+  return ok;
+}
+
+void
+exports_close_all(void)
+{
+  while (exports) {
+    struct export *e = exports;
+    exports = e->next;
+    nbds_layer_close_stack(e->top);
+    free(e->name);
+    free(e->description);
+    free(e);
+  }
+}

@@ -1,0 +1,23 @@
+/* Every layer type this build knows, by the name a stack uses for it. */
+#include <string.h>
+
+#include "nbdstack/layer.h"
+
+extern const struct nbds_layer_ops nbds_file_ops;
+extern const struct nbds_layer_ops nbds_raw_ops;
+extern const struct nbds_layer_ops nbds_cachepolicy_ops;
+
+static const struct nbds_layer_type types[] = {
+  { "file", &nbds_file_ops },
+  { "raw", &nbds_raw_ops },
+  { "cachepolicy", &nbds_cachepolicy_ops },
+};
+
+const struct nbds_layer_ops *
+nbds_layer_type_find(const char *name)
+{
+  for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
+    if (strcmp(types[i].name, name) == 0)
+      return types[i].ops;
+  return NULL;
+}

@@ -1,0 +1,205 @@
+/* nbdstack: export a disk image over NBD, with qemu-nbd's command line. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "export.h"
+#include "listen.h"
+#include "log.h"
+#include "options.h"
+#include "reactor.h"
+#include "server.h"
+
+/* With --fork the parent stays until the child is ready, copying the
+ * child's start-up messages to its own stderr, and exits 0 only if the
+ * child said it was ready. */
+static int ready_fd = -1;
+static int saved_stderr = -1;
+
+static void
+daemonize(void)
+{
+  int errpipe[2], readypipe[2];
+  if (pipe2(errpipe, O_CLOEXEC) == -1 || pipe2(readypipe, O_CLOEXEC) == -1) {
+    nbds_log_error("pipe: %s", strerror(errno));
+    exit(EXIT_FAILURE);
+  }
+  pid_t pid = fork();
+  if (pid == -1) {
+    nbds_log_error("fork: %s", strerror(errno));
+    exit(EXIT_FAILURE);
+  }
+  if (pid > 0) {
+    close(errpipe[1]);
+    close(readypipe[1]);
+    char buf[4096];
+    ssize_t n;
+    while ((n = read(errpipe[0], buf, sizeof buf)) > 0 ||
+           (n == -1 && errno == EINTR))
+      if (n > 0 && write(STDERR_FILENO, buf, n) != n)
+        break;
+    char status = 0;
+    while ((n = read(readypipe[0], &status, 1)) == -1 && errno == EINTR)
+      ;
+    if (n == 1 && status == 'R')
+      _exit(EXIT_SUCCESS);
+    waitpid(pid, NULL, WNOHANG);
+    _exit(EXIT_FAILURE);
+  }
+  close(errpipe[0]);
+  close(readypipe[0]);
+  setsid();
+  saved_stderr = fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 3);
+  dup2(errpipe[1], STDERR_FILENO);
+  close(errpipe[1]);
+  ready_fd = readypipe[1];
+  int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (null >= 0) {
+    dup2(null, STDIN_FILENO);
+    dup2(null, STDOUT_FILENO);
+    close(null);
+  }
+}
+
+static void
+announce_ready(void)
+{
+  if (ready_fd == -1)
+    return;
+  if (saved_stderr >= 0) {
+    dup2(saved_stderr, STDERR_FILENO);
+    close(saved_stderr);
+  }
+  if (write(ready_fd, "R", 1) != 1)
+    nbds_log_error("cannot tell the parent we are ready");
+  close(ready_fd);
+  ready_fd = -1;
+}
+
+static void
+write_pid_file(const char *path)
+{
+  FILE *f = fopen(path, "w");
+  if (!f || fprintf(f, "%d\n", (int) getpid()) < 0 || fclose(f) != 0) {
+    nbds_log_error("cannot write pid file '%s': %s", path, strerror(errno));
+    exit(EXIT_FAILURE);
+  }
+}
+
+/* Without -f, refuse an image that is plainly another format rather than
+ * exporting its metadata as data (qemu-nbd would probe it). */
+static void
+refuse_other_formats(const char *path)
+{
+  unsigned char magic[4];
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd == -1)
+    return;  /* the file layer reports the real error */
+  if (read(fd, magic, 4) == 4 && memcmp(magic, "QFI\xfb", 4) == 0) {
+    nbds_log_error("'%s' is a qcow2 image, which this build cannot read; "
+                   "pass -f raw to export its bytes as they are", path);
+    exit(EXIT_FAILURE);
+  }
+  close(fd);
+}
+
+/* The stack for one image on the command line: raw over the cache policy
+ * over the file. */
+static struct export *
+open_export(const struct options *o, bool uring)
+{
+  char offset[32];
+  snprintf(offset, sizeof offset, "%llu", (unsigned long long) o->offset);
+  const struct nbds_kv file_kv[] = {
+    { "file", o->image },
+    { "readonly", o->readonly ? "on" : "off" },
+    { "aio", uring ? "io_uring" : "threads" },
+  };
+  const struct nbds_kv cache_kv[] = {
+    { "mode", o->cache ? o->cache : "writeback" },
+  };
+  const struct nbds_kv raw_kv[] = {
+    { "offset", offset },
+  };
+
+  struct nbds_layer *file = nbds_layer_open("file", NULL, file_kv, 3);
+  if (!file)
+    goto fail;
+  struct nbds_layer *cache = nbds_layer_open("cachepolicy", file, cache_kv, 1);
+  if (!cache) {
+    nbds_layer_close_stack(file);
+    goto fail;
+  }
+  struct nbds_layer *raw = nbds_layer_open("raw", cache, raw_kv, 1);
+  if (!raw) {
+    nbds_layer_close_stack(cache);
+    goto fail;
+  }
+
+  struct export *e = calloc(1, sizeof *e);
+  if (!e || !(e->name = strdup(o->export_name)) ||
+      (o->description && !(e->description = strdup(o->description)))) {
+    nbds_log_error("out of memory");
+    exit(EXIT_FAILURE);
+  }
+  e->top = raw;
+  e->readonly = o->readonly;
+  /* A flush covers every connection, but with -e 1 a second connection
+   * would wait in the backlog: advertise multi-conn only when clients can
+   * really open several, as qemu-nbd does. */
+  e->multi_conn = o->shared != 1;
+  e->discard = o->discard;
+  e->detect_zeroes = o->detect_zeroes;
+  return e;
+
+fail:
+  nbds_log_error("%s", nbds_last_error());
+  exit(EXIT_FAILURE);
+}
+
+int
+main(int argc, char **argv)
+{
+  struct options o;
+  options_parse(argc, argv, &o);
+  nbds_verbose = o.verbose;
+
+  if (o.fork)
+    daemonize();  /* before any thread exists */
+
+  if (!o.format)
+    refuse_other_formats(o.image);
+
+  bool uring = o.aio != AIO_THREADS && reactor_uring_works();
+  if (o.aio == AIO_IO_URING && !uring) {
+    nbds_log_error("--aio=io_uring: the kernel refuses io_uring here; "
+                   "use --aio=threads");
+    exit(EXIT_FAILURE);
+  }
+  long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  server_config.threads = o.threads ? o.threads : (cpus > 0 ? cpus : 1);
+  server_config.shared = o.shared;
+  server_config.persistent = o.persistent;
+
+  /* Reactor 0 first: opening layers may use the calling reactor. */
+  if (!server_init(uring)) {
+    nbds_log_error("cannot start the reactors");
+    exit(EXIT_FAILURE);
+  }
+  workers_init(64);
+  export_add(open_export(&o, uring));
+
+  if (o.socket_path ? listen_unix(o.socket_path) == -1
+                    : listen_tcp(o.bind, o.port) == -1)
+    exit(EXIT_FAILURE);
+  if (o.pid_file)
+    write_pid_file(o.pid_file);
+  nbds_log_debug("ready: %s", o.socket_path ? o.socket_path : "TCP");
+  announce_ready();
+
+  return server_run() ? EXIT_SUCCESS : EXIT_FAILURE;
+}

@@ -1,0 +1,251 @@
+/* Command-line parsing, qemu-nbd compatible. */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "options.h"
+#include "protocol.h"
+
+enum {
+  OPT_AIO = 256,
+  OPT_CACHE,
+  OPT_DISCARD,
+  OPT_DETECT_ZEROES,
+  OPT_FORK,
+  OPT_PID_FILE,
+  OPT_THREADS,
+};
+
+static const char short_opts[] = "hVf:k:p:b:x:D:rte:o:nv";
+static const struct option long_opts[] = {
+  { "help", no_argument, NULL, 'h' },
+  { "version", no_argument, NULL, 'V' },
+  { "format", required_argument, NULL, 'f' },
+  { "socket", required_argument, NULL, 'k' },
+  { "port", required_argument, NULL, 'p' },
+  { "bind", required_argument, NULL, 'b' },
+  { "export-name", required_argument, NULL, 'x' },
+  { "description", required_argument, NULL, 'D' },
+  { "read-only", no_argument, NULL, 'r' },
+  { "persistent", no_argument, NULL, 't' },
+  { "shared", required_argument, NULL, 'e' },
+  { "offset", required_argument, NULL, 'o' },
+  { "nocache", no_argument, NULL, 'n' },
+  { "verbose", no_argument, NULL, 'v' },
+  { "aio", required_argument, NULL, OPT_AIO },
+  { "cache", required_argument, NULL, OPT_CACHE },
+  { "discard", required_argument, NULL, OPT_DISCARD },
+  { "detect-zeroes", required_argument, NULL, OPT_DETECT_ZEROES },
+  { "fork", no_argument, NULL, OPT_FORK },
+  { "pid-file", required_argument, NULL, OPT_PID_FILE },
+  { "threads", required_argument, NULL, OPT_THREADS },
+  { NULL, 0, NULL, 0 },
+};
+
+static void
+usage(void)
+{
+  printf(
+"Usage: nbdstack [OPTIONS] FILE\n"
+"Export a disk image over NBD (a drop-in for qemu-nbd).\n"
+"\n"
+"  -h, --help                display this help and exit\n"
+"  -V, --version             output version information and exit\n"
+"\n"
+"Connection properties:\n"
+"  -p, --port=PORT           TCP port to listen on (default 10809)\n"
+"  -b, --bind=ADDR           address to bind to (default: all, IPv4 and IPv6)\n"
+"  -k, --socket=PATH         listen on a Unix socket instead of TCP\n"
+"  -e, --shared=NUM          serve at most NUM clients at once (default 1,\n"
+"                            0 = no limit); other clients wait\n"
+"  -t, --persistent          don't exit when the last client leaves\n"
+"  -x, --export-name=NAME    export name (default: the empty string)\n"
+"  -D, --description=TEXT    human-readable export description\n"
+"  -v, --verbose             log every connection and failed request\n"
+"      --fork                run in the background once ready to serve\n"
+"      --pid-file=PATH       write the process ID to PATH once listening\n"
+"      --threads=N           reactor threads (default: one per CPU)\n"
+"\n"
+"Image options:\n"
+"  -f, --format=FORMAT       image format (raw)\n"
+"  -r, --read-only           export read-only\n"
+"  -o, --offset=OFFSET       export the image from byte OFFSET on\n"
+"  -n, --nocache             same as --cache=none\n"
+"      --cache=MODE          writeback (default), writethrough, none,\n"
+"                            directsync or unsafe\n"
+"      --aio=MODE            io_uring (default where available) or threads\n"
+"      --discard=MODE        ignore (default) or unmap: what TRIM does\n"
+"      --detect-zeroes=MODE  off (default), on or unmap: turn all-zero\n"
+"                            writes into zero writes\n");
+}
+
+static void __attribute__((noreturn, format(printf, 1, 2)))
+die(const char *fmt, ...)
+{
+  va_list ap;
+  fputs("nbdstack: ", stderr);
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fputs("\n", stderr);
+  exit(EXIT_FAILURE);
+}
+
+static bool
+parse_u64(const char *s, uint64_t *out)
+{
+  char *end;
+  errno = 0;
+  if (!*s || *s == '-')
+    return false;
+  unsigned long long v = strtoull(s, &end, 0);
+  if (errno || *end)
+    return false;
+  *out = v;
+  return true;
+}
+
+void
+options_parse(int argc, char **argv, struct options *o)
+{
+  memset(o, 0, sizeof *o);
+  o->shared = 1;
+  o->export_name = "";
+  bool have_cache = false;
+  int c;
+  uint64_t v;
+
+  opterr = 0;
+  while ((c = getopt_long(argc, argv, short_opts, long_opts, NULL)) != -1) {
+    switch (c) {
+    case 'h':
+      usage();
+      exit(EXIT_SUCCESS);
+    case 'V':
+      printf("nbdstack %s\n", NBDS_VERSION);
+      exit(EXIT_SUCCESS);
+    case 'f':
+      o->format = optarg;
+      break;
+    case 'k':
+      if (optarg[0] != '/')
+        die("socket path must be absolute: '%s'", optarg);
+      o->socket_path = optarg;
+      break;
+    case 'p':
+      if (!parse_u64(optarg, &v) || v < 1 || v > 65535)
+        die("invalid port '%s'", optarg);
+      o->port = optarg;
+      break;
+    case 'b':
+      o->bind = optarg;
+      break;
+    case 'x':
+      if (strlen(optarg) > NBD_MAX_STRING)
+        die("export name is longer than %d bytes", NBD_MAX_STRING);
+      o->export_name = optarg;
+      break;
+    case 'D':
+      if (strlen(optarg) > NBD_MAX_STRING)
+        die("description is longer than %d bytes", NBD_MAX_STRING);
+      o->description = optarg;
+      break;
+    case 'r':
+      o->readonly = true;
+      break;
+    case 't':
+      o->persistent = true;
+      break;
+    case 'e':
+      if (!parse_u64(optarg, &v) || v > 65535)
+        die("invalid shared client count '%s'", optarg);
+      o->shared = v;
+      break;
+    case 'o':
+      if (!parse_u64(optarg, &v) || v > INT64_MAX)
+        die("invalid offset '%s'", optarg);
+      o->offset = v;
+      break;
+    case 'n':
+    case OPT_CACHE:
+      if (have_cache)
+        die("-n and --cache can only be given once");
+      have_cache = true;
+      o->cache = c == 'n' ? "none" : optarg;
+      if (strcmp(o->cache, "off") == 0)
+        o->cache = "none";  /* qemu's alias */
+      if (strcmp(o->cache, "writeback") && strcmp(o->cache, "writethrough") &&
+          strcmp(o->cache, "none") && strcmp(o->cache, "directsync") &&
+          strcmp(o->cache, "unsafe"))
+        die("invalid cache mode '%s' (writeback, writethrough, none, "
+            "directsync, unsafe)", o->cache);
+      break;
+    case 'v':
+      o->verbose = true;
+      break;
+    case OPT_AIO:
+      if (o->aio != AIO_DEFAULT)
+        die("--aio can only be given once");
+      if (strcmp(optarg, "io_uring") == 0)
+        o->aio = AIO_IO_URING;
+      else if (strcmp(optarg, "threads") == 0)
+        o->aio = AIO_THREADS;
+      else if (strcmp(optarg, "native") == 0)
+        die("--aio=native (Linux AIO) is not supported: use io_uring, "
+            "which does the same job without needing O_DIRECT");
+      else
+        die("invalid aio mode '%s' (io_uring, threads)", optarg);
+      break;
+    case OPT_DISCARD:
+      if (strcmp(optarg, "ignore") == 0 || strcmp(optarg, "off") == 0)
+        o->discard = DISCARD_IGNORE;
+      else if (strcmp(optarg, "unmap") == 0 || strcmp(optarg, "on") == 0)
+        o->discard = DISCARD_UNMAP;
+      else
+        die("invalid discard mode '%s' (ignore, unmap)", optarg);
+      break;
+    case OPT_DETECT_ZEROES:
+      if (strcmp(optarg, "off") == 0)
+        o->detect_zeroes = DETECT_ZEROES_OFF;
+      else if (strcmp(optarg, "on") == 0)
+        o->detect_zeroes = DETECT_ZEROES_ON;
+      else if (strcmp(optarg, "unmap") == 0)
+        o->detect_zeroes = DETECT_ZEROES_UNMAP;
+      else
+        die("invalid detect-zeroes mode '%s' (off, on, unmap)", optarg);
+      break;
+    case OPT_FORK:
+      o->fork = true;
+      break;
+    case OPT_PID_FILE:
+      o->pid_file = optarg;
+      break;
+    case OPT_THREADS:
+      if (!parse_u64(optarg, &v) || v < 1 || v > 1024)
+        die("invalid thread count '%s'", optarg);
+      o->threads = v;
+      break;
+    case '?':
+      if (optopt)
+        die("option '-%c' %s (try --help)", optopt,
+            strchr(short_opts, optopt) ? "needs an argument" : "is unknown");
+      die("unknown or incomplete option '%s' (try --help)", argv[optind - 1]);
+    default:
+      die("unexpected option (try --help)");
+    }
+  }
+
+  if (optind != argc - 1)
+    die("expected exactly one image file (try --help)");
+  o->image = argv[optind];
+  if (o->format && strcmp(o->format, "raw") != 0)
+    die("unknown image format '%s' (supported: raw)", o->format);
+  if (o->detect_zeroes == DETECT_ZEROES_UNMAP && o->discard != DISCARD_UNMAP)
+    die("--detect-zeroes=unmap needs --discard=unmap");
+  if (o->socket_path && (o->port || o->bind))
+    die("-k cannot be combined with -p or -b");
+}

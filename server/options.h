@@ -1,0 +1,39 @@
+/* The command line: qemu-nbd's options, with qemu-nbd's names and meanings,
+ * plus nbdstack's own (--threads). */
+#ifndef NBDS_SERVER_OPTIONS_H
+#define NBDS_SERVER_OPTIONS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "export.h"
+
+enum aio_mode { AIO_DEFAULT, AIO_IO_URING, AIO_THREADS };
+
+struct options {
+  const char *image;
+  const char *format;        /* NULL: probe (only raw is known) */
+  const char *socket_path;   /* -k */
+  const char *port;          /* -p */
+  const char *bind;          /* -b */
+  const char *export_name;   /* -x */
+  const char *description;   /* -D */
+  bool readonly;             /* -r */
+  bool persistent;           /* -t */
+  unsigned shared;           /* -e */
+  uint64_t offset;           /* -o */
+  enum aio_mode aio;
+  enum discard_mode discard;
+  enum detect_zeroes detect_zeroes;
+  const char *cache;         /* --cache / -n */
+  bool fork;
+  const char *pid_file;
+  bool verbose;
+  unsigned threads;          /* 0: one per CPU */
+};
+
+/* Parse argv.  On a bad command line print one line to stderr and exit
+ * 1; -h and -V print and exit 0. */
+void options_parse(int argc, char **argv, struct options *o);
+
+#endif
