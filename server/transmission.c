@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bufpool.h"
 #include "connection.h"
 #include "export.h"
 #include "log.h"
@@ -20,8 +21,6 @@
 #define HOLE_MIN_RUN  (32 * 1024)
 /* Largest extent list one BLOCK_STATUS reply carries. */
 #define MAX_EXTENTS   8192
-/* Data buffers up to this size stay with a finished request for reuse. */
-#define KEEP_BUFFER   (128 * 1024)
 
 struct treq {
   struct nbds_req req;        /* what the stack sees */
@@ -63,20 +62,10 @@ treq_get(struct conn *c)
 static bool
 treq_buffer(struct treq *t, size_t len)
 {
-  if (t->buf_cap >= len && len > 0)
-    return true;
-  free(t->buf);
-  t->buf = NULL;
-  t->buf_cap = 0;
   if (len == 0)
     return true;
-  /* Page-aligned, so an O_DIRECT layer can use it as it is. */
-  if (posix_memalign((void **) &t->buf, 4096, len) != 0) {
-    t->buf = NULL;
-    return false;
-  }
-  t->buf_cap = len;
-  return true;
+  t->buf = bufpool_get(len, &t->buf_cap);
+  return t->buf != NULL;
 }
 
 static void
@@ -93,8 +82,10 @@ treq_sent(struct outmsg *m)
     free(t->hdr);
   free(t->ext.v);
   t->ext.v = NULL;
-  if (t->buf_cap > KEEP_BUFFER)
-    treq_buffer(t, 0);
+  if (t->buf) {
+    bufpool_put(t->buf, t->buf_cap);
+    t->buf = NULL;
+  }
   t->next_free = tx->free_reqs;
   tx->free_reqs = t;
 }
@@ -545,7 +536,6 @@ tx_cleanup(struct conn *c)
   while (tx->free_reqs) {
     struct treq *t = tx->free_reqs;
     tx->free_reqs = t->next_free;
-    free(t->buf);
     free(t);
   }
 }

@@ -1,0 +1,51 @@
+#!/bin/bash
+# Build nbdstack and run the whole test suite twice: as built, and under
+# AddressSanitizer + UndefinedBehaviorSanitizer.  Also checks that the
+# tree builds with clang.  Ends with one line: "N passed, N failed".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+status=0
+results=()
+
+build() {
+  local dir=$1; shift
+  if [ -d "$dir" ]; then
+    meson setup --reconfigure "$dir" "$@" >/dev/null || return 1
+  else
+    meson setup "$dir" "$@" >/dev/null || return 1
+  fi
+  meson compile -C "$dir" >/dev/null || { meson compile -C "$dir"; return 1; }
+}
+
+suite() {
+  local dir=$1
+  echo "== tests in $dir"
+  meson test -C "$dir" --print-errorlogs --timeout-multiplier 3 || status=1
+  results+=("$dir/meson-logs/testlog.json")
+}
+
+build build || exit 1
+suite build
+
+echo "== clang build"
+CC=clang build build-clang -Dtests=false || status=1
+
+build build-sanitize -Db_sanitize=address,undefined -Db_lundef=false || exit 1
+UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 suite build-sanitize
+
+python3 - "${results[@]}" <<'PY'
+import json, sys
+passed = failed = skipped = 0
+for path in sys.argv[1:]:
+    for line in open(path):
+        r = json.loads(line)["result"]
+        if r in ("OK", "EXPECTEDFAIL"):
+            passed += 1
+        elif r == "SKIP":
+            skipped += 1
+        else:
+            failed += 1
+print(f"{passed} passed, {failed} failed, {skipped} skipped")
+PY
+exit $status
