@@ -33,6 +33,13 @@ CC=clang build build-clang -Dtests=false || status=1
 
 build build-sanitize -Db_sanitize=address,undefined -Db_lundef=false || exit 1
 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 suite build-sanitize
+# A sanitizer report in a server that exits cleanly, or in a criterion
+# worker, does not always change an exit code: look for the reports.
+if grep -E "ERROR: (Address|Leak)Sanitizer|runtime error:" \
+     build-sanitize/meson-logs/testlog.txt; then
+  echo "sanitizer reports found (see build-sanitize/meson-logs/testlog.txt)"
+  status=1
+fi
 
 python3 - "${results[@]}" <<'PY'
 import json, sys
