@@ -35,7 +35,7 @@ struct treq {
   struct nbds_extents ext;
   struct iovec iov_inline[3];
   struct iovec *iov;          /* reply iovecs: iov_inline or heap */
-  uint8_t hdr_inline[64];
+  uint8_t hdr_inline[96];     /* fits any one header, or an error chunk */
   uint8_t *hdr;               /* reply headers: hdr_inline or heap */
 };
 
@@ -141,7 +141,9 @@ static void
 reply_error_chunk(struct treq *t, uint32_t err)
 {
   const char *msg = error_message(err);
-  uint16_t mlen = strlen(msg);
+  size_t mlen = strlen(msg);
+  if (mlen > sizeof t->hdr_inline - 26)
+    mlen = sizeof t->hdr_inline - 26;
   put_chunk_header(t->hdr, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_ERROR,
                    t->nr.cookie, 6 + mlen);
   put_be32(t->hdr + 20, err);
