@@ -1,3 +1,4 @@
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -14,6 +15,29 @@ struct freebuf {
 
 static __thread struct freebuf *classes[NCLASSES];
 static __thread size_t cached;
+
+/* A reactor thread that ends frees what it kept. */
+static pthread_key_t exit_key;
+static pthread_once_t exit_once = PTHREAD_ONCE_INIT;
+
+static void
+thread_exit(void *unused)
+{
+  (void) unused;
+  for (int c = 0; c < NCLASSES; c++)
+    while (classes[c]) {
+      struct freebuf *b = classes[c];
+      classes[c] = b->next;
+      free(b);
+    }
+  cached = 0;
+}
+
+static void
+make_key(void)
+{
+  pthread_key_create(&exit_key, thread_exit);
+}
 
 static int
 class_of(size_t len)
@@ -47,6 +71,10 @@ bufpool_put(void *buf, size_t cap)
   if (cached + cap > MAX_CACHED) {
     free(buf);
     return;
+  }
+  if (cached == 0) {
+    pthread_once(&exit_once, make_key);
+    pthread_setspecific(exit_key, (void *) 1);
   }
   int c = class_of(cap);
   struct freebuf *b = buf;

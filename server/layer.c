@@ -1,5 +1,6 @@
 /* The layer contract's shared helpers: opening layers, computing caps
  * bottom-up, child requests, extents, key=value options, errors. */
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -74,6 +75,25 @@ nbds_extents_add(struct nbds_extents *ex, uint64_t length, uint32_t flags)
  * frees its own, so no lock is needed, and the list stays as large as the
  * deepest burst the thread has seen. */
 static __thread struct nbds_req *free_reqs;
+static pthread_key_t exit_key;
+static pthread_once_t exit_once = PTHREAD_ONCE_INIT;
+
+static void
+free_list(void *unused)
+{
+  (void) unused;
+  while (free_reqs) {
+    struct nbds_req *r = free_reqs;
+    free_reqs = r->parent;
+    free(r);
+  }
+}
+
+static void
+make_key(void)
+{
+  pthread_key_create(&exit_key, free_list);
+}
 
 struct nbds_req *
 nbds_req_child(struct nbds_req *parent)
@@ -85,6 +105,9 @@ nbds_req_child(struct nbds_req *parent)
     r = malloc(sizeof *r);
     if (!r)
       abort();  /* a few hundred bytes: treat as fatal, like nbdkit does */
+    /* The thread's list is freed when the thread ends. */
+    pthread_once(&exit_once, make_key);
+    pthread_setspecific(exit_key, (void *) 1);
   }
   *r = *parent;
   r->parent = parent;

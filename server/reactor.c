@@ -317,6 +317,9 @@ reactor_stop(struct nbds_reactor *r)
 void
 reactor_destroy(struct nbds_reactor *r)
 {
+  /* Run what was posted after the loop last looked (a shutdown request
+   * that found nothing left to shut down), so nothing is lost or leaked. */
+  mailbox_cb(r->loop, &r->mailbox_watcher, 0);
   if (r->has_ring) {
     io_uring_queue_exit(&r->ring);
     close(r->ring_efd);
