@@ -58,4 +58,17 @@ else
     ok "verify-only pass detects a corrupted block"
 fi
 stop_server_ok g
+
+# 4: the worker-pool path (--aio=threads) and several reactors carry the
+# same workload just as well.
+rm -f "$img"; truncate -s 64M "$img"
+start_server h -t --aio=threads --threads=3 "$img"
+job[1]="--uri=$(uri h)"
+if with_timeout 120 fio --name=write "${job[@]}" --output="$SCRATCH/fio4.json" >"$SCRATCH/fio4.out" 2>&1; then
+    ok "fio randwrite + verify with --aio=threads --threads=3"
+else
+    sed 's/^/  fio: /' "$SCRATCH/fio4.out" >&2
+    check_fail "fio randwrite with verify failed under --aio=threads"
+fi
+stop_server_ok h
 finish

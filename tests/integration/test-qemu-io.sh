@@ -115,4 +115,28 @@ QIO_RO=1 run_io r3 "read -P 0xee 0 2M" "flush"
 stop_server_ok r3
 expect_eq "$(sha "$img")" "$before" "-r: image unchanged"
 
+# --- round 4: --detect-zeroes turns all-zero writes into zero writes ------
+# With unmap (which needs --discard=unmap) they may deallocate: a plain
+# write of zero bytes never leaves a hole, so a hole proves the conversion.
+fresh_image
+start_server r4 -t --discard=unmap --detect-zeroes=unmap "$img"
+run_io r4 "write -P 0 512k 64k" "read -P 0 512k 64k" "read -P 0xee 576k 4k"
+stop_server_ok r4
+map=$(qemu-img map --output=json -f raw "$img" | map_summary)
+case "$(map_extent_of "$map" $((512 * K)) $((64 * K)))" in
+*" data=false zero=true") ok "--detect-zeroes=unmap: the zero write punched a hole" ;;
+*) check_fail "--detect-zeroes=unmap: [512k,576k) is not a hole; file map: $(echo "$map" | tr '\n' ';')" ;;
+esac
+# With on (and the default --discard=ignore) the range stays allocated.
+fresh_image
+start_server r5 -t --detect-zeroes=on "$img"
+run_io r5 "write -P 0 512k 64k"
+stop_server_ok r5
+expect_bytes "$img" $((512 * K)) $((64 * K)) 0 "--detect-zeroes=on: range reads as zero"
+map=$(qemu-img map --output=json -f raw "$img" | map_summary)
+case "$(map_extent_of "$map" $((512 * K)) $((64 * K)))" in
+*" data=false zero=true") check_fail "--detect-zeroes=on deallocated without --discard=unmap" ;;
+*) ok "--detect-zeroes=on: range stays allocated" ;;
+esac
+
 finish
