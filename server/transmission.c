@@ -402,7 +402,10 @@ dispatch(struct treq *t)
     r->iovcnt = 1;
   }
   if (r->op == NBDS_OP_BLOCK_STATUS) {
-    size_t cap = (f & NBD_CMD_FLAG_REQ_ONE) ? 1 : MAX_EXTENTS;
+    /* Room for an extent per 512 bytes, up to the reply's limit. */
+    size_t cap = (f & NBD_CMD_FLAG_REQ_ONE) ? 1 : t->nr.count / 512 + 1;
+    if (cap > MAX_EXTENTS)
+      cap = MAX_EXTENTS;
     t->ext = (struct nbds_extents) { .v = malloc(cap * sizeof *t->ext.v),
                                      .cap = cap };
     if (!t->ext.v) {
