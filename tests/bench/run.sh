@@ -93,13 +93,13 @@ for line in open(sys.argv[1]):
     bw[w, s].append(float(b))
 workloads = list(dict.fromkeys(w for w, _ in iops))
 print()
-print(f"{'workload':<14}{'nbdstack':>14}{'qemu-nbd':>14}{'nbdkit':>14}"
+print(f"{'workload':<14}{'unit':<7}{'nbdstack':>10}{'qemu-nbd':>10}{'nbdkit':>10}"
       f"{'vs qemu-nbd':>13}{'vs nbdkit':>11}")
 for w in workloads:
     unit, data = ("MiB/s", bw) if "1M" in w else ("IOPS", iops)
     med = {s: statistics.median(data[w, s]) for s in ("nbdstack", "qemu-nbd", "nbdkit")}
     scale = 1024 if unit == "MiB/s" else 1
-    cells = "".join(f"{med[s] / scale:>10.0f} {unit[:4]:<3}" for s in med)
-    print(f"{w:<14}{cells}{med['nbdstack'] / med['qemu-nbd']:>12.2f}x"
+    cells = "".join(f"{med[s] / scale:>10.0f}" for s in med)
+    print(f"{w:<14}{unit:<7}{cells}{med['nbdstack'] / med['qemu-nbd']:>12.2f}x"
           f"{med['nbdstack'] / med['nbdkit']:>10.2f}x")
 PY
