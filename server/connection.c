@@ -41,7 +41,7 @@ conn_start(int fd, const char *peer)
     return;
   }
   c->fd = fd;
-  c->reactor = reactor_self();
+  c->reactor = nbds_reactor_self();
   c->loop = reactor_loop(c->reactor);
   snprintf(c->peer, sizeof c->peer, "%s", peer);
   c->in_cap = IN_BUF_INITIAL;

@@ -46,7 +46,7 @@ struct nbds_reactor {
 static __thread struct nbds_reactor *self;
 
 struct nbds_reactor *
-reactor_self(void)
+nbds_reactor_self(void)
 {
   return self;
 }
@@ -182,7 +182,7 @@ mailbox_cb(struct ev_loop *loop, ev_async *w, int revents)
 }
 
 void
-reactor_post(struct nbds_reactor *r, void (*fn)(void *), void *arg)
+nbds_reactor_post(struct nbds_reactor *r, void (*fn)(void *), void *arg)
 {
   struct post *p = malloc(sizeof *p);
   if (!p)
@@ -309,7 +309,7 @@ reactor_stop(struct nbds_reactor *r)
 {
   if (!r->has_thread)
     return;
-  reactor_post(r, stop_cb, r);
+  nbds_reactor_post(r, stop_cb, r);
   pthread_join(r->thread, NULL);
   r->has_thread = false;
 }

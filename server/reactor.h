@@ -22,12 +22,6 @@ void reactor_destroy(struct nbds_reactor *r);
 
 struct ev_loop *reactor_loop(struct nbds_reactor *r);
 int reactor_index(struct nbds_reactor *r);
-/* The reactor of the calling thread, or NULL. */
-struct nbds_reactor *reactor_self(void);
-
-/* Run fn(arg) on reactor r's thread, soon.  Safe from any thread. */
-void reactor_post(struct nbds_reactor *r, void (*fn)(void *), void *arg);
-
 /* Try to set up an io_uring ring; false when the kernel does not allow it
  * (old kernel, seccomp). */
 bool reactor_uring_works(void);

@@ -53,7 +53,7 @@ server_stop(void)
   nbds_log_debug("shutting down");
   listen_pause();
   for (unsigned i = 0; i < nreactors; i++)
-    reactor_post(reactors[i], conn_shutdown_all, NULL);
+    nbds_reactor_post(reactors[i], conn_shutdown_all, NULL);
   maybe_finish();
 }
 
@@ -67,7 +67,7 @@ negotiated_cb(void *arg)
 void
 server_client_negotiated(void)
 {
-  reactor_post(reactors[0], negotiated_cb, NULL);
+  nbds_reactor_post(reactors[0], negotiated_cb, NULL);
 }
 
 static void
@@ -89,7 +89,7 @@ gone_cb(void *arg)
 void
 server_client_gone(bool was_negotiated)
 {
-  reactor_post(reactors[0], gone_cb, was_negotiated ? (void *) 1 : NULL);
+  nbds_reactor_post(reactors[0], gone_cb, was_negotiated ? (void *) 1 : NULL);
 }
 
 struct handoff {
@@ -120,7 +120,7 @@ on_accept(int fd, const char *peer)
   h->fd = fd;
   snprintf(h->peer, sizeof h->peer, "%s", peer);
   /* Round robin; a connection stays on its reactor for life. */
-  reactor_post(reactors[next_reactor++ % nreactors], handoff_cb, h);
+  nbds_reactor_post(reactors[next_reactor++ % nreactors], handoff_cb, h);
 }
 
 static void

@@ -54,7 +54,7 @@ workers_init(unsigned max)
 void
 nbds_work_submit(struct nbds_work *w)
 {
-  w->reactor = reactor_self();
+  w->reactor = nbds_reactor_self();
   w->next = NULL;
   pthread_mutex_lock(&lock);
   *queue_tail = w;

@@ -16,6 +16,16 @@
 extern "C" {
 #endif
 
+struct nbds_reactor;
+
+/* The reactor of the calling thread, or NULL outside reactors. */
+struct nbds_reactor *nbds_reactor_self(void);
+
+/* Run fn(arg) on reactor r's thread, soon.  Safe from any thread: this is
+ * how work finished on one reactor (or a worker) completes a request that
+ * another reactor submitted. */
+void nbds_reactor_post(struct nbds_reactor *r, void (*fn)(void *), void *arg);
+
 /* An io_uring operation: its completion callback gets the CQE's res. */
 struct nbds_uring_op {
   void (*complete)(struct nbds_uring_op *op, int res);

@@ -613,7 +613,7 @@ AIO_TEST(requests_from_another_reactor)
   struct nbds_reactor *r1 = reactor_create(1, reactor_uring_works());
   cr_assert_not_null(r1);
   reactor_start(r1);
-  reactor_post(r1, burst_submit, &b);
+  nbds_reactor_post(r1, burst_submit, &b);
   for (int i = 0; i < BURST; i++)
     sem_wait(&b.done);
   reactor_stop(r1);
