@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "cmdline-export.h"
 #include "export.h"
 #include "listen.h"
 #include "log.h"
@@ -107,60 +108,6 @@ refuse_other_formats(const char *path)
   close(fd);
 }
 
-/* The stack for one image on the command line: raw over the cache policy
- * over the file. */
-static struct export *
-open_export(const struct options *o, bool uring)
-{
-  char offset[32];
-  snprintf(offset, sizeof offset, "%llu", (unsigned long long) o->offset);
-  const struct nbds_kv file_kv[] = {
-    { "file", o->image },
-    { "readonly", o->readonly ? "on" : "off" },
-    { "aio", uring ? "io_uring" : "threads" },
-  };
-  const struct nbds_kv cache_kv[] = {
-    { "mode", o->cache ? o->cache : "writeback" },
-  };
-  const struct nbds_kv raw_kv[] = {
-    { "offset", offset },
-  };
-
-  struct nbds_layer *file = nbds_layer_open("file", NULL, file_kv, 3);
-  if (!file)
-    goto fail;
-  struct nbds_layer *cache = nbds_layer_open("cachepolicy", file, cache_kv, 1);
-  if (!cache) {
-    nbds_layer_close_stack(file);
-    goto fail;
-  }
-  struct nbds_layer *raw = nbds_layer_open("raw", cache, raw_kv, 1);
-  if (!raw) {
-    nbds_layer_close_stack(cache);
-    goto fail;
-  }
-
-  struct export *e = calloc(1, sizeof *e);
-  if (!e || !(e->name = strdup(o->export_name)) ||
-      (o->description && !(e->description = strdup(o->description)))) {
-    nbds_log_error("out of memory");
-    exit(EXIT_FAILURE);
-  }
-  e->top = raw;
-  e->readonly = o->readonly;
-  /* A flush covers every connection, but with -e 1 a second connection
-   * would wait in the backlog: advertise multi-conn only when clients can
-   * really open several, as qemu-nbd does. */
-  e->multi_conn = o->shared != 1;
-  e->discard = o->discard;
-  e->detect_zeroes = o->detect_zeroes;
-  return e;
-
-fail:
-  nbds_log_error("%s", nbds_last_error());
-  exit(EXIT_FAILURE);
-}
-
 int
 main(int argc, char **argv)
 {
@@ -191,7 +138,7 @@ main(int argc, char **argv)
     exit(EXIT_FAILURE);
   }
   workers_init(64);
-  export_add(open_export(&o, uring));
+  export_add(cmdline_export_open(&o, uring));
 
   if (o.socket_path ? listen_unix(o.socket_path) == -1
                     : listen_tcp(o.bind, o.port) == -1)

@@ -18,6 +18,11 @@ enum {
   OPT_FORK,
   OPT_PID_FILE,
   OPT_THREADS,
+  OPT_BLOCK_CACHE,
+  OPT_BLOCK_CACHE_BLOCK,
+  OPT_BLOCK_CACHE_READ_MISS,
+  OPT_BLOCK_CACHE_WRITE_HIT,
+  OPT_BLOCK_CACHE_WRITE_MISS,
 };
 
 static const char short_opts[] = "hVf:k:p:b:x:D:rte:o:nv";
@@ -43,6 +48,14 @@ static const struct option long_opts[] = {
   { "fork", no_argument, NULL, OPT_FORK },
   { "pid-file", required_argument, NULL, OPT_PID_FILE },
   { "threads", required_argument, NULL, OPT_THREADS },
+  { "block-cache", required_argument, NULL, OPT_BLOCK_CACHE },
+  { "block-cache-block", required_argument, NULL, OPT_BLOCK_CACHE_BLOCK },
+  { "block-cache-read-miss", required_argument, NULL,
+    OPT_BLOCK_CACHE_READ_MISS },
+  { "block-cache-write-hit", required_argument, NULL,
+    OPT_BLOCK_CACHE_WRITE_HIT },
+  { "block-cache-write-miss", required_argument, NULL,
+    OPT_BLOCK_CACHE_WRITE_MISS },
   { NULL, 0, NULL, 0 },
 };
 
@@ -76,11 +89,21 @@ usage(void)
 "  -o, --offset=OFFSET       export the image from byte OFFSET on\n"
 "  -n, --nocache             same as --cache=none\n"
 "      --cache=MODE          writeback (default), writethrough, none,\n"
-"                            directsync or unsafe\n"
+"                            directsync, unsafe, or auto (none where the\n"
+"                            filesystem has direct I/O, else writeback)\n"
 "      --aio=MODE            io_uring (default where available) or threads\n"
 "      --discard=MODE        ignore (default) or unmap: what TRIM does\n"
 "      --detect-zeroes=MODE  off (default), on or unmap: turn all-zero\n"
-"                            writes into zero writes\n");
+"                            writes into zero writes\n"
+"\n"
+"Block cache (in server memory, shared by all clients; off by default):\n"
+"      --block-cache=SIZE            cache up to SIZE bytes (K, M, G)\n"
+"      --block-cache-block=SIZE      cache block size (default 64K)\n"
+"      --block-cache-read-miss=P     allocate (default) or bypass\n"
+"      --block-cache-write-hit=P     write-back (default) or write-through\n"
+"      --block-cache-write-miss=P    allocate (default) or no-allocate\n"
+"  A dirty block is always written back before it is evicted; FLUSH\n"
+"  writes back every dirty block.  Send SIGUSR1 for the cache counters.\n");
 }
 
 static void __attribute__((noreturn, format(printf, 1, 2)))
@@ -180,9 +203,9 @@ options_parse(int argc, char **argv, struct options *o)
         o->cache = "none";  /* qemu's alias */
       if (strcmp(o->cache, "writeback") && strcmp(o->cache, "writethrough") &&
           strcmp(o->cache, "none") && strcmp(o->cache, "directsync") &&
-          strcmp(o->cache, "unsafe"))
+          strcmp(o->cache, "unsafe") && strcmp(o->cache, "auto"))
         die("invalid cache mode '%s' (writeback, writethrough, none, "
-            "directsync, unsafe)", o->cache);
+            "directsync, unsafe, auto)", o->cache);
       break;
     case 'v':
       o->verbose = true;
@@ -229,6 +252,21 @@ options_parse(int argc, char **argv, struct options *o)
         die("invalid thread count '%s'", optarg);
       o->threads = v;
       break;
+    case OPT_BLOCK_CACHE:
+      o->block_cache = optarg;
+      break;
+    case OPT_BLOCK_CACHE_BLOCK:
+      o->block_cache_block = optarg;
+      break;
+    case OPT_BLOCK_CACHE_READ_MISS:
+      o->block_cache_read_miss = optarg;
+      break;
+    case OPT_BLOCK_CACHE_WRITE_HIT:
+      o->block_cache_write_hit = optarg;
+      break;
+    case OPT_BLOCK_CACHE_WRITE_MISS:
+      o->block_cache_write_miss = optarg;
+      break;
     case '?':
       if (optopt)
         die("option '-%c' %s (try --help)", optopt,
@@ -248,4 +286,7 @@ options_parse(int argc, char **argv, struct options *o)
     die("--detect-zeroes=unmap needs --discard=unmap");
   if (o->socket_path && (o->port || o->bind))
     die("-k cannot be combined with -p or -b");
+  if (!o->block_cache && (o->block_cache_block || o->block_cache_read_miss ||
+                          o->block_cache_write_hit || o->block_cache_write_miss))
+    die("the --block-cache-* options need --block-cache=SIZE");
 }

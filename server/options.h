@@ -25,7 +25,12 @@ struct options {
   enum aio_mode aio;
   enum discard_mode discard;
   enum detect_zeroes detect_zeroes;
-  const char *cache;         /* --cache / -n */
+  const char *cache;         /* --cache / -n: a mode name or "auto" */
+  const char *block_cache;   /* --block-cache=SIZE, NULL: no block cache */
+  const char *block_cache_block;
+  const char *block_cache_read_miss;
+  const char *block_cache_write_hit;
+  const char *block_cache_write_miss;
   bool fork;
   const char *pid_file;
   bool verbose;
