@@ -47,7 +47,7 @@ def sha256(path):
 
 
 class Server:
-    def __init__(self, test, name, args, image, start_timeout=15.0):
+    def __init__(self, test, name, args, image, start_timeout=15.0, wrapper=None):
         self.test = test
         self.name = name
         self.sock = os.path.join(test.scratch, name + ".sock")
@@ -56,7 +56,12 @@ class Server:
         for p in (self.sock, self.pidfile):
             if os.path.exists(p):
                 os.unlink(p)
-        self.argv = [NBDSTACK, "-f", "raw", "-k", self.sock, "--pid-file=" + self.pidfile] + list(args) + [image]
+        # wrapper: a command the server runs under (strace); signals then go
+        # to the server itself, by its pid file, and the wrapper's exit
+        # status is the server's.
+        self.wrapper = list(wrapper or [])
+        self.argv = self.wrapper + [NBDSTACK, "-f", "raw", "-k", self.sock,
+                                    "--pid-file=" + self.pidfile] + list(args) + [image]
         self.log = open(self.logpath, "wb")
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
         persistent = "-t" in args or "--persistent" in args
@@ -101,7 +106,11 @@ class Server:
         """Signal and wait; returns the exit status (-N: killed by signal N;
         None: had to be SIGKILLed after timeout)."""
         if self.proc.poll() is None:
-            self.proc.send_signal(sig)
+            if self.wrapper:
+                with open(self.pidfile) as f:
+                    os.kill(int(f.read()), sig)
+            else:
+                self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -166,8 +175,8 @@ class Test:
             shutil.rmtree(self.scratch, ignore_errors=True)
 
     # ---- servers ---------------------------------------------------------
-    def start_server(self, name, args, image):
-        s = Server(self, name, args, image)
+    def start_server(self, name, args, image, wrapper=None):
+        s = Server(self, name, args, image, wrapper=wrapper)
         self.servers.append(s)
         return s
 
