@@ -15,20 +15,32 @@
 
 #include "file.h"
 
-static const char *const known_keys[] = { "file", "readonly", "aio", NULL };
+static const char *const known_keys[] = {
+  "file", "readonly", "aio", "direct", NULL
+};
+
+/* An on/off key; off when absent. */
+static int
+parse_bool(const struct nbds_kv *kv, size_t nkv, const char *key, bool *v)
+{
+  const char *s = nbds_kv_get(kv, nkv, key);
+  if (!s || strcmp(s, "off") == 0)
+    *v = false;
+  else if (strcmp(s, "on") == 0)
+    *v = true;
+  else {
+    nbds_error("file: %s must be on or off, not '%s'", key, s);
+    return -1;
+  }
+  return 0;
+}
 
 static int
 parse_options(const struct nbds_kv *kv, size_t nkv, struct file_disk *h)
 {
-  const char *readonly = nbds_kv_get(kv, nkv, "readonly");
-  if (!readonly || strcmp(readonly, "off") == 0)
-    h->readonly = false;
-  else if (strcmp(readonly, "on") == 0)
-    h->readonly = true;
-  else {
-    nbds_error("file: readonly must be on or off, not '%s'", readonly);
+  if (parse_bool(kv, nkv, "readonly", &h->readonly) == -1 ||
+      parse_bool(kv, nkv, "direct", &h->direct) == -1)
     return -1;
-  }
 
   const char *aio = nbds_kv_get(kv, nkv, "aio");
   if (!aio || strcmp(aio, "io_uring") == 0)
@@ -95,19 +107,26 @@ file_open(struct nbds_layer *l, const struct nbds_kv *kv, size_t nkv)
     free(h);
     return -1;
   }
-  h->fd = open(path, (h->readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+  int flags = (h->readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC;
+  h->fd = open(path, flags | (h->direct ? O_DIRECT : 0));
   if (h->fd == -1) {
-    nbds_error("cannot open '%s': %s", path, strerror(errno));
+    if (h->direct && errno == EINVAL)
+      file_direct_unsupported(path);
+    else
+      nbds_error("cannot open '%s': %s", path, strerror(errno));
     free(h);
     return -1;
   }
-  if (probe(path, h) == -1) {
+  h->align = h->mem_align = 1;
+  if (probe(path, h) == -1 ||
+      (h->direct && file_direct_probe(path, h) == -1)) {
     close(h->fd);
     free(h);
     return -1;
   }
   atomic_init(&h->no_punch, false);
   atomic_init(&h->no_zero_range, false);
+  file_ranges_init(&h->ranges);
   l->priv = h;
   return 0;
 }
@@ -116,6 +135,7 @@ static void
 file_close(struct nbds_layer *l)
 {
   struct file_disk *h = l->priv;
+  file_ranges_destroy(&h->ranges);
   close(h->fd);
   free(h);
 }
@@ -140,8 +160,10 @@ file_caps(struct nbds_layer *l, struct nbds_caps *caps)
   caps->can_extents = true;
   caps->can_cache = true;
   caps->can_multi_conn = true;  /* one fd: a flush covers every writer */
+  /* Unaligned requests are served under direct too (bounce.c), as
+   * qemu-nbd does; a whole block is still what costs least. */
   caps->block_min = 1;
-  caps->block_pref = 4096;
+  caps->block_pref = h->align > 4096 ? h->align : 4096;
   caps->block_max = 32 * 1024 * 1024;
 }
 
@@ -182,6 +204,31 @@ file_submit(struct nbds_layer *l, struct nbds_req *req)
   if (!io) {
     nbds_req_complete(req, ENOMEM);
     return;
+  }
+  if (h->direct) {
+    io->bounced = (req->op == NBDS_OP_READ || req->op == NBDS_OP_WRITE) &&
+                  !file_direct_aligned(h, req);
+    if (!file_ranges_enter(io))
+      return;  /* file_dispatch() runs when the range is free */
+  }
+  file_dispatch(io);
+}
+
+/* Start a request: now, or when ranges.c says its turn has come. */
+void
+file_dispatch(struct file_io *io)
+{
+  struct file_disk *h = io->h;
+  struct nbds_req *req = io->req;
+  if (io->bounced) {
+    int err = file_bounce_init(&io->bounce, h, req->op == NBDS_OP_WRITE,
+                               req->offset, req->count, req->iov,
+                               req->iovcnt,
+                               req->flags & NBDS_F_FUA ? RWF_DSYNC : 0);
+    if (err) {
+      file_io_finish(io, err);
+      return;
+    }
   }
   if (h->want_uring && nbds_uring_available())
     file_uring_submit(io);

@@ -80,15 +80,20 @@ file_io_get(struct file_disk *h, struct nbds_req *req)
   io->iov = req->iov;
   io->iovcnt = req->iovcnt;
   io->iov_private = false;
+  io->bounced = false;
+  io->range.held = RANGE_NONE;
   return io;
 }
 
-/* Return the state to the free list, then complete: the done callback may
- * submit again and reuse it at once. */
+/* Let waiting writes go, return the state to the free list, then
+ * complete: the done callback may submit again and reuse it at once. */
 void
 file_io_finish(struct file_io *io, int err)
 {
   struct nbds_req *req = io->req;
+  file_ranges_leave(io);
+  if (io->bounced)
+    file_bounce_free(&io->bounce);
   io->next = pthread_getspecific(free_key);
   if (pthread_setspecific(free_key, io) != 0) {
     free(io->own);
@@ -149,6 +154,16 @@ file_io_zero_rest(struct file_io *io)
 {
   for (int i = 0; i < io->iovcnt; i++)
     memset(io->iov[i].iov_base, 0, io->iov[i].iov_len);
+}
+
+/* A READ that stopped short inside a block under O_DIRECT stopped at end
+ * of file: reading on from there would be refused as unaligned. */
+bool
+file_io_eof(const struct file_io *io)
+{
+  return io->h->direct &&
+         file_align_down(io->h, io->req->offset + io->done) !=
+           io->req->offset + io->done;
 }
 
 /* Fast and deallocating first, unless the client asked to keep the

@@ -32,6 +32,10 @@ do_read(struct file_io *io)
     int err = file_io_progress(io, r);
     if (err)
       return err;
+    if (io->done < req->count && file_io_eof(io)) {
+      file_io_zero_rest(io);
+      return 0;
+    }
   }
   return 0;
 }
@@ -78,8 +82,31 @@ do_fallocate(int fd, int mode, uint64_t offset, uint64_t len)
   return 0;
 }
 
+/* Carry out bounce.c's plan with blocking calls. */
 static int
-write_zeroes(int fd, uint64_t offset, uint64_t len)
+run_bounce(int fd, struct file_bounce *b)
+{
+  struct file_xfer x;
+  while (file_bounce_next(b, &x)) {
+    struct iovec v = { x.buf, x.len };
+    ssize_t r = x.write ? pwritev2(fd, &v, 1, x.pos, x.rwf)
+                        : pread(fd, x.buf, x.len, x.pos);
+    if (r == -1) {
+      if (errno == EINTR)
+        continue;
+      r = -errno;
+    }
+    int err = file_bounce_done(b, r);
+    if (err)
+      return err;
+  }
+  return 0;
+}
+
+/* Zeroes from the shared buffer: page-aligned, so O_DIRECT takes it for
+ * whole blocks. */
+static int
+write_zero_buf(int fd, uint64_t offset, uint64_t len)
 {
   const void *zeroes = file_zero_buf();
   while (len > 0) {
@@ -96,6 +123,38 @@ write_zeroes(int fd, uint64_t offset, uint64_t len)
     len -= r;
   }
   return 0;
+}
+
+/* Zeroes over part of one block, under O_DIRECT: read, modify, write. */
+static int
+zero_partial(struct file_disk *h, uint64_t offset, uint64_t len)
+{
+  struct file_bounce b;
+  int err = file_bounce_init(&b, h, true, offset, len, NULL, 0, 0);
+  if (!err)
+    err = run_bounce(h->fd, &b);
+  file_bounce_free(&b);
+  return err;
+}
+
+/* Under O_DIRECT the partial blocks at either end go through
+ * zero_partial() (without direct, every offset is aligned). */
+static int
+write_zeroes(struct file_disk *h, uint64_t offset, uint64_t len)
+{
+  uint64_t end = offset + len;
+  uint64_t a = file_align_up(h, offset);
+  uint64_t b = file_align_down(h, end);
+  if (a > b)  /* inside one block */
+    return zero_partial(h, offset, len);
+  int err = 0;
+  if (offset < a)
+    err = zero_partial(h, offset, a - offset);
+  if (!err && a < b)
+    err = write_zero_buf(h->fd, a, b - a);
+  if (!err && b < end)
+    err = zero_partial(h, b, end - b);
+  return err;
 }
 
 /* Zero [offset, offset+len) with the fastest way the file allows, learning
@@ -120,7 +179,7 @@ zero_range(struct file_disk *h, uint64_t offset, uint64_t len,
       atomic_store(&h->no_zero_range, true);
       break;
     case FILE_ZERO_WRITE:
-      return write_zeroes(h->fd, offset, len);
+      return write_zeroes(h, offset, len);
     case FILE_ZERO_NOTSUP:
       return ENOTSUP;
     }
@@ -138,13 +197,13 @@ zero_bdev(struct file_disk *h, uint64_t offset, uint64_t len,
   uint64_t a = (offset + h->sector - 1) / h->sector * h->sector;
   uint64_t b = end / h->sector * h->sector;
   if (a >= b)
-    return write_zeroes(h->fd, offset, len);
+    return write_zeroes(h, offset, len);
 
   int err = zero_range(h, a, b - a, flags);
   if (!err && offset < a)
-    err = write_zeroes(h->fd, offset, a - offset);
+    err = write_zeroes(h, offset, a - offset);
   if (!err && b < end)
-    err = write_zeroes(h->fd, b, end - b);
+    err = write_zeroes(h, b, end - b);
   return err;
 }
 
@@ -203,6 +262,8 @@ static int
 run(struct file_io *io)
 {
   struct nbds_req *req = io->req;
+  if (io->bounced)
+    return run_bounce(io->h->fd, &io->bounce);
   switch (req->op) {
   case NBDS_OP_READ:
     return do_read(io);

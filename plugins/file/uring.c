@@ -4,7 +4,9 @@
  * flight does, issue() prepares the SQE for the current step and
  * complete() decides the next one.  Short transfers and EINTR simply issue
  * the step again with the remainder.  What io_uring cannot do (discard on
- * a block device, SEEK_DATA) goes to the worker pool instead. */
+ * a block device, SEEK_DATA) goes to the worker pool instead, and so does
+ * writing zeroes with unaligned ends under O_DIRECT (a slow fallback
+ * already). */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
@@ -20,6 +22,7 @@ enum step {
   STEP_ZERO_RANGE,
   STEP_ZERO_WRITE,
   STEP_FADVISE,
+  STEP_BOUNCE,         /* a transfer of bounce.c's plan */
 };
 
 #define PUNCH (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)
@@ -63,6 +66,17 @@ issue(struct file_io *io)
                           req->count < UINT32_MAX ? req->count : UINT32_MAX,
                           POSIX_FADV_WILLNEED);
     break;
+  case STEP_BOUNCE: {
+    struct file_xfer x;
+    file_bounce_next(&io->bounce, &x);  /* there is one: see complete() */
+    if (x.write) {
+      io_uring_prep_write(sqe, fd, x.buf, x.len, x.pos);
+      sqe->rw_flags = x.rwf;
+    }
+    else
+      io_uring_prep_read(sqe, fd, x.buf, x.len, x.pos);
+    break;
+  }
   }
 }
 
@@ -95,6 +109,11 @@ zero(struct file_io *io)
     next(io, STEP_ZERO_RANGE);
     break;
   case FILE_ZERO_WRITE:
+    if (file_align_down(io->h, io->req->offset) != io->req->offset ||
+        file_align_down(io->h, io->req->count) != io->req->count) {
+      file_threads_submit(io);
+      break;
+    }
     io->done = 0;
     next(io, STEP_ZERO_WRITE);
     break;
@@ -111,10 +130,14 @@ transferred(struct file_io *io, int res)
   int err = file_io_progress(io, res);
   if (err)
     file_io_finish(io, err);
-  else if (io->done < io->req->count)
-    issue(io);
-  else
+  else if (io->done >= io->req->count)
     file_io_finish(io, 0);
+  else if (io->step == STEP_READ && file_io_eof(io)) {
+    file_io_zero_rest(io);
+    file_io_finish(io, 0);
+  }
+  else
+    issue(io);
 }
 
 static void
@@ -195,6 +218,18 @@ complete(struct nbds_uring_op *op, int res)
   case STEP_FADVISE:
     file_io_finish(io, 0);  /* only a hint: its failure is not the client's */
     break;
+
+  case STEP_BOUNCE: {
+    struct file_xfer x;
+    int err = file_bounce_done(&io->bounce, res);
+    if (err)
+      file_io_finish(io, err);
+    else if (file_bounce_next(&io->bounce, &x))
+      issue(io);
+    else
+      file_io_finish(io, 0);
+    break;
+  }
   }
 }
 
@@ -206,10 +241,10 @@ file_uring_submit(struct file_io *io)
 
   switch (io->req->op) {
   case NBDS_OP_READ:
-    next(io, STEP_READ);
+    next(io, io->bounced ? STEP_BOUNCE : STEP_READ);
     return;
   case NBDS_OP_WRITE:
-    next(io, STEP_WRITE);
+    next(io, io->bounced ? STEP_BOUNCE : STEP_WRITE);
     return;
   case NBDS_OP_FLUSH:
     next(io, STEP_FSYNC);

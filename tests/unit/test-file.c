@@ -1,7 +1,8 @@
 /* The POSIX file layer, driven through the layer contract on a real
  * reactor (reactor 0 on this thread) with the worker pool, in both aio
- * modes, on files in /var/tmp (a real file system: holes and fallocate
- * behave as they do for users) and on a loop device when we may make one. */
+ * modes, on files in /var/tmp (a real file system: holes, fallocate and
+ * O_DIRECT behave as they do for users) and on a loop device when we may
+ * make one. */
 #include <criterion/criterion.h>
 #include <criterion/parameterized.h>
 #include <errno.h>
@@ -13,222 +14,17 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include "nbdstack/layer.h"
 #include "reactor.h"
 #include "../../plugins/file/file.h"
 
-extern const struct nbds_layer_ops nbds_file_ops;
-
-/* server/layers.c is not linked into unit tests. */
-const struct nbds_layer_ops *
-nbds_layer_type_find(const char *name)
-{
-  return strcmp(name, "file") == 0 ? &nbds_file_ops : NULL;
-}
-
-#define KiB 1024
-#define MiB (1024 * 1024)
-#define HZ (NBDS_EXTENT_HOLE | NBDS_EXTENT_ZERO)
-
-static struct nbds_reactor *reactor;
-static char dir[64];
-static char path[128];
-static int loop_fd = -1;
-
-static void
-setup_with(bool uring)
-{
-  strcpy(dir, "/var/tmp/nbds-test-file-XXXXXX");
-  cr_assert_not_null(mkdtemp(dir));
-  snprintf(path, sizeof path, "%s/disk.img", dir);
-  reactor = reactor_create(0, uring && reactor_uring_works());
-  cr_assert_not_null(reactor);
-  workers_init(4);
-}
-
-static void
-setup(void)
-{
-  setup_with(true);
-}
-
-static void
-setup_no_ring(void)
-{
-  setup_with(false);
-}
-
-static void
-teardown(void)
-{
-  workers_shutdown();
-  reactor_destroy(reactor);
-  if (loop_fd >= 0)
-    close(loop_fd);  /* autoclear detaches the device */
-  unlink(path);
-  rmdir(dir);
-}
-
-/* A file of `size` bytes of `byte`, on disk (so holes and st_blocks are
- * what the file system says, not delayed allocation). */
-static void
-make_file(uint64_t size, int byte)
-{
-  int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
-  cr_assert(fd >= 0);
-  char *buf = malloc(size);
-  memset(buf, byte, size);
-  cr_assert_eq(pwrite(fd, buf, size, 0), (ssize_t) size);
-  cr_assert_eq(fsync(fd), 0);
-  free(buf);
-  close(fd);
-}
-
-static struct nbds_layer *
-open_layer(const char *file, const char *aio, const char *readonly)
-{
-  struct nbds_kv kv[] = {
-    { "file", file }, { "aio", aio }, { "readonly", readonly },
-  };
-  struct nbds_layer *l = nbds_layer_open("file", NULL, kv, 3);
-  cr_assert_not_null(l, "open: %s", nbds_last_error());
-  return l;
-}
-
-/* The message a failed open leaves. */
-static const char *
-open_error(const struct nbds_kv *kv, size_t nkv)
-{
-  cr_assert_null(nbds_layer_open("file", NULL, kv, nkv));
-  return nbds_last_error();
-}
-
-struct result {
-  bool fired;
-  int err;
-};
-
-static void
-on_done(struct nbds_req *req, int err)
-{
-  struct result *r = req->opaque;
-  cr_assert(!r->fired, "completed twice");
-  r->fired = true;
-  r->err = err;
-}
-
-/* Submit and run the reactor until the request completes. */
-static int
-run(struct nbds_layer *l, struct nbds_req *req)
-{
-  struct result res = { false, 0 };
-  struct ev_loop *loop = reactor_loop(reactor);
-  req->done = on_done;
-  req->opaque = &res;
-  nbds_layer_submit(l, req);
-  ev_ref(loop);  /* let the loop sleep until a completion wakes it */
-  while (!res.fired)
-    ev_run(loop, EVRUN_ONCE);
-  ev_unref(loop);
-  return res.err;
-}
-
-static int
-rw(struct nbds_layer *l, enum nbds_op op, uint64_t offset,
-   struct iovec *iov, int iovcnt, uint32_t flags)
-{
-  struct nbds_req req = {
-    .op = op, .flags = flags, .offset = offset, .iov = iov, .iovcnt = iovcnt,
-  };
-  for (int i = 0; i < iovcnt; i++)
-    req.count += iov[i].iov_len;
-  return run(l, &req);
-}
-
-static int
-rw1(struct nbds_layer *l, enum nbds_op op, uint64_t offset, void *buf,
-    size_t len, uint32_t flags)
-{
-  struct iovec iov = { buf, len };
-  return rw(l, op, offset, &iov, 1, flags);
-}
-
-static int
-cmd(struct nbds_layer *l, enum nbds_op op, uint64_t offset, uint64_t count,
-    uint32_t flags)
-{
-  struct nbds_req req = {
-    .op = op, .flags = flags, .offset = offset, .count = count,
-  };
-  return run(l, &req);
-}
-
-static size_t
-block_status(struct nbds_layer *l, uint64_t offset, uint64_t count,
-             uint32_t flags, struct nbds_extent *v, size_t cap)
-{
-  struct nbds_extents ex = { .v = v, .cap = cap };
-  struct nbds_req req = {
-    .op = NBDS_OP_BLOCK_STATUS, .flags = flags, .offset = offset,
-    .count = count, .extents = &ex,
-  };
-  cr_assert_eq(run(l, &req), 0);
-  cr_assert_geq(ex.count, 1, "no extent");
-  return ex.count;
-}
-
-static void
-expect_extent(const struct nbds_extent *e, uint64_t length, uint32_t flags)
-{
-  cr_expect_eq(e->length, length, "length %llu, want %llu",
-               (unsigned long long) e->length, (unsigned long long) length);
-  cr_expect_eq(e->flags, flags, "flags %u, want %u", e->flags, flags);
-}
-
-/* What the file holds, read around the layer. */
-static void
-expect_bytes(uint64_t offset, size_t len, int byte)
-{
-  int fd = open(path, O_RDONLY);
-  cr_assert(fd >= 0);
-  unsigned char *buf = malloc(len);
-  cr_assert_eq(pread(fd, buf, len, offset), (ssize_t) len);
-  for (size_t i = 0; i < len; i++)
-    cr_assert_eq(buf[i], byte, "byte %llu is %d, want %d",
-                 (unsigned long long) (offset + i), buf[i], byte);
-  free(buf);
-  close(fd);
-}
-
-static off_t
-seek(int whence, off_t offset)
-{
-  int fd = open(path, O_RDONLY);
-  cr_assert(fd >= 0);
-  off_t r = lseek(fd, offset, whence);
-  close(fd);
-  return r;
-}
-
-static long long
-blocks(void)
-{
-  struct stat st;
-  cr_assert_eq(stat(path, &st), 0);
-  return st.st_blocks;
-}
-
-static bool
-all_bytes(const unsigned char *p, size_t len, int byte)
-{
-  for (size_t i = 0; i < len; i++)
-    if (p[i] != byte)
-      return false;
-  return true;
-}
+#define SUITE file
+#include "file-harness.h"
 
 /* ---- Opening ---- */
 
@@ -262,6 +58,9 @@ Test(file, open_errors)
   struct nbds_kv kv_ro[] = { { "file", path }, { "readonly", "yes" } };
   cr_expect_str_eq(open_error(kv_ro, 2),
                    "file: readonly must be on or off, not 'yes'");
+  struct nbds_kv kv_direct[] = { { "file", path }, { "direct", "yes" } };
+  cr_expect_str_eq(open_error(kv_direct, 2),
+                   "file: direct must be on or off, not 'yes'");
   struct nbds_kv kv_none[] = { { "aio", "threads" } };
   cr_expect_not_null(strstr(open_error(kv_none, 1), "'file'"));
 }
@@ -316,19 +115,6 @@ Test(file_no_ring, io_uring_uses_workers, .init = setup_no_ring,
 
 /* ---- Every operation, in both aio modes ---- */
 
-/* Criterion copies a parameter into the test's own process by value, so
- * the name travels inside the struct, not as a pointer. */
-struct aio {
-  char name[16];
-};
-static struct aio aio_modes[] = { { "io_uring" }, { "threads" } };
-
-#define AIO_TEST(test)                                                  \
-  ParameterizedTestParameters(file, test)                               \
-  {                                                                     \
-    return cr_make_param_array(struct aio, aio_modes, 2, NULL);         \
-  }                                                                     \
-  ParameterizedTest(struct aio *aio, file, test)
 
 AIO_TEST(write_read_round_trip)
 {
@@ -706,3 +492,46 @@ AIO_TEST(block_device)
   expect_extent(&v[0], 1 * MiB, 0);
   nbds_layer_close_stack(l);
 }
+
+/* A device with 4096-byte sectors: the probe must find 4096, by statx and
+ * by the trial reads alike, and unaligned requests still work. */
+AIO_TEST(direct_block_device_4k_sectors)
+{
+  char dev[64];
+  make_loop_device(dev, sizeof dev);
+  if (ioctl(loop_fd, LOOP_SET_BLOCK_SIZE, 4096) != 0)
+    cr_skip_test("cannot set 4096-byte sectors: %s", strerror(errno));
+  struct nbds_layer *l = open_direct(dev, aio->name);
+  struct file_disk *h = l->priv;
+  cr_expect(has_o_direct(h->fd));
+  cr_expect_eq(h->align, 4096);
+  uint32_t align = 0, mem_align = 0;
+  cr_assert_eq(file_direct_trial(h->fd, &align, &mem_align), 0);
+  cr_expect_eq(align, 4096);
+  cr_expect(mem_align >= 512 && mem_align <= 4096);
+
+  static unsigned char model[8 * MiB];
+  memset(model, 0x55, sizeof model);
+  static const uint64_t offsets[] = { 1, 4097, 8191 + 64 * KiB };
+  static const size_t lens[] = { 100, 4095, 1 };
+  for (int i = 0; i < 3; i++) {
+    unsigned char data[4095];
+    pattern(data, lens[i], i);
+    cr_assert_eq(rw1(l, NBDS_OP_WRITE, offsets[i], data, lens[i],
+                     NBDS_F_FUA), 0);
+    memcpy(model + offsets[i], data, lens[i]);
+  }
+  cr_assert_eq(cmd(l, NBDS_OP_ZERO, 1 * MiB - 100, 1 * MiB + 200, 0), 0);
+  memset(model + 1 * MiB - 100, 0, 1 * MiB + 200);
+  cr_assert_eq(cmd(l, NBDS_OP_ZERO, 4 * MiB + 3, 1000, NBDS_F_NO_HOLE), 0);
+  memset(model + 4 * MiB + 3, 0, 1000);
+
+  static unsigned char all[8 * MiB];
+  cr_assert_eq(rw1(l, NBDS_OP_READ, 3, all, sizeof all - 5, 0), 0);
+  cr_expect_eq(memcmp(all, model + 3, sizeof all - 5), 0);
+  expect_ranges_idle(l);
+  nbds_layer_close_stack(l);
+  /* And through the backing file. */
+  expect_file(model, sizeof model);
+}
+
