@@ -17,9 +17,9 @@
  * failed every later one fails too: the kernel may have dropped the dirty
  * pages, so success would be a lie.
  *
- * Direct I/O (O_DIRECT) is not implemented yet: none and directsync keep
- * the durability of writeback and writethrough (which they share) but go
- * through the host page cache; the server says so when it starts.
+ * Direct I/O is not this layer's: it is how the protocol layer opens the
+ * file (the file layer's direct=on), chosen by the server from the same
+ * mode name.
  */
 #include <stdatomic.h>
 #include <stdio.h>
@@ -29,7 +29,6 @@
 #include "nbdstack/layer.h"
 
 struct cachepolicy {
-  bool direct;
   bool no_flush;
   bool write_cache;
   /* Flush elision: writes completed (not already durable) and the
@@ -39,15 +38,16 @@ struct cachepolicy {
   atomic_int flush_error;   /* sticky errno of a failed flush */
 };
 
+/* The settings this layer enforces; direct I/O is the file layer's. */
 static const struct {
   const char *name;
-  bool direct, no_flush, write_cache;
+  bool no_flush, write_cache;
 } modes[] = {
-  { "writeback",    false, false, true },
-  { "writethrough", false, false, false },
-  { "none",         true,  false, true },
-  { "directsync",   true,  false, false },
-  { "unsafe",       false, true,  true },
+  { "writeback",    false, true },
+  { "writethrough", false, false },
+  { "none",         false, true },
+  { "directsync",   false, false },
+  { "unsafe",       true,  true },
 };
 
 static int
@@ -77,13 +77,8 @@ cp_open(struct nbds_layer *l, const struct nbds_kv *kv, size_t nkv)
     nbds_error("unknown cache mode '%s'", mode);
     return -1;
   }
-  cp->direct = modes[i].direct;
   cp->no_flush = modes[i].no_flush;
   cp->write_cache = modes[i].write_cache;
-  if (cp->direct)
-    fprintf(stderr, "nbdstack: cache=%s: direct I/O is not implemented yet; "
-            "using the host page cache with the same durability as %s\n",
-            mode, cp->write_cache ? "writeback" : "writethrough");
   l->priv = cp;
   return 0;
 }
