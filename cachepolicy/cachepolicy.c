@@ -9,17 +9,22 @@
  *   directsync    on      off       off
  *   unsafe        off     on        on
  *
- * Write cache off: every write, trim and zero is made durable before it
- * completes (FUA, native below or emulated here as write + flush).
- * No-flush: FLUSH and FUA succeed at once and never reach the disk.
- * Otherwise FLUSH goes down, except when nothing was written since the
- * last successful flush (QEMU's flush elision), and once a flush has
- * failed every later one fails too: the kernel may have dropped the dirty
- * pages, so success would be a lie.
+ * They act at three depths, as in QEMU.  Direct I/O is how the protocol
+ * layer opens the file (the file layer's direct=on).  Write cache off is
+ * the export's (QEMU's BlockBackend): export_submit() adds FUA to every
+ * write, trim and zero at the top, so that a block cache above this layer
+ * writes them through too.  This layer, just above the protocol layer,
+ * does the rest:
  *
- * Direct I/O is not this layer's: it is how the protocol layer opens the
- * file (the file layer's direct=on), chosen by the server from the same
- * mode name.
+ * - FUA: native below, or emulated here as write then flush, so that any
+ *   protocol layer that can flush can honour FUA.
+ * - No-flush (unsafe): FLUSH and FUA succeed at once and never reach the
+ *   disk.  A block cache above still writes its dirty blocks back on
+ *   FLUSH (to the OS, as QEMU's flush_to_os), so nothing is lost at exit.
+ * - FLUSH is skipped when nothing was written since the last successful
+ *   flush (QEMU's flush elision), and once a flush has failed every later
+ *   one fails too: the kernel may have dropped the dirty pages, so success
+ *   would be a lie.
  */
 #include <stdatomic.h>
 #include <stdio.h>
@@ -30,7 +35,6 @@
 
 struct cachepolicy {
   bool no_flush;
-  bool write_cache;
   /* Flush elision: writes completed (not already durable) and the
    * generation the last successful flush covered. */
   atomic_uint_fast64_t written_gen;
@@ -38,16 +42,16 @@ struct cachepolicy {
   atomic_int flush_error;   /* sticky errno of a failed flush */
 };
 
-/* The settings this layer enforces; direct I/O is the file layer's. */
+/* The one setting of each mode this layer enforces. */
 static const struct {
   const char *name;
-  bool no_flush, write_cache;
+  bool no_flush;
 } modes[] = {
-  { "writeback",    false, true },
-  { "writethrough", false, false },
-  { "none",         false, true },
-  { "directsync",   false, false },
-  { "unsafe",       true,  true },
+  { "writeback",    false },
+  { "writethrough", false },
+  { "none",         false },
+  { "directsync",   false },
+  { "unsafe",       true },
 };
 
 static int
@@ -78,7 +82,6 @@ cp_open(struct nbds_layer *l, const struct nbds_kv *kv, size_t nkv)
     return -1;
   }
   cp->no_flush = modes[i].no_flush;
-  cp->write_cache = modes[i].write_cache;
   l->priv = cp;
   return 0;
 }
@@ -198,8 +201,7 @@ cp_submit(struct nbds_layer *l, struct nbds_req *req)
       return;
     }
     req->flags &= ~NBDS_F_FUA;
-  } else if (!cp->write_cache && is_write(req->op))
-    req->flags |= NBDS_F_FUA;
+  }
 
   if (req->op == NBDS_OP_FLUSH) {
     struct nbds_req *child = nbds_req_child(req);

@@ -3,8 +3,9 @@
  *   raw (-o)  →  blockcache (--block-cache, optional)
  *             →  cachepolicy (--cache)  →  file (direct I/O per --cache)
  *
- * The cache mode is two things at two depths: direct I/O is how the
- * protocol layer opens the file, the rest is the cachepolicy layer. */
+ * The cache mode acts at three depths: direct I/O is how the protocol
+ * layer opens the file, no-flush is the cachepolicy layer, and the write
+ * cache setting is the export's (see cachepolicy/cachepolicy.c). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -117,6 +118,8 @@ cmdline_export_open(const struct options *o, bool uring)
    * would wait in the backlog: advertise multi-conn only when clients can
    * really open several, as qemu-nbd does. */
   e->multi_conn = o->shared != 1;
+  e->write_cache = strcmp(mode, "writethrough") != 0 &&
+                   strcmp(mode, "directsync") != 0;
   e->discard = o->discard;
   e->detect_zeroes = o->detect_zeroes;
   return e;

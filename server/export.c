@@ -1,9 +1,13 @@
 /* Exports and the request policy that sits above every stack: --discard
- * and --detect-zeroes, which qemu-nbd applies whatever the format. */
+ * and --detect-zeroes, which qemu-nbd applies whatever the format, and the
+ * cache mode's write cache setting, which must hold above any layer that
+ * could keep a write (a block cache, a format's metadata cache), as QEMU
+ * applies it in the BlockBackend above every node. */
 #include <stdlib.h>
 #include <string.h>
 #include <ev.h>
 
+#include "nbdstack/blockcache.h"
 #include "export.h"
 #include "log.h"
 #include "protocol.h"
@@ -94,6 +98,10 @@ export_submit(struct export *e, struct nbds_req *req)
   default:
     break;
   }
+  if (!e->write_cache &&
+      (req->op == NBDS_OP_WRITE || req->op == NBDS_OP_TRIM ||
+       req->op == NBDS_OP_ZERO))
+    req->flags |= NBDS_F_FUA;
   nbds_layer_submit(e->top, req);
 }
 
@@ -132,6 +140,27 @@ exports_flush_all(void)
     }
   }
   return ok;
+}
+
+void
+exports_log_stats(void)
+{
+  for (struct export *e = exports; e; e = e->next)
+    for (struct nbds_layer *l = e->top; l; l = l->below)
+      if (nbds_layer_is_blockcache(l)) {
+        struct nbds_blockcache_stats st;
+        nbds_blockcache_stats(l, &st);
+        nbds_log_info("export '%s': block cache hits=%llu misses=%llu "
+                      "dirty=%llu write-backs=%llu evictions=%llu "
+                      "cached=%llu/%llu bytes", e->name,
+                      (unsigned long long) st.hits,
+                      (unsigned long long) st.misses,
+                      (unsigned long long) st.dirty,
+                      (unsigned long long) st.writebacks,
+                      (unsigned long long) st.evictions,
+                      (unsigned long long) st.bytes_cached,
+                      (unsigned long long) st.capacity);
+      }
 }
 
 void

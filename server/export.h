@@ -18,6 +18,7 @@ struct export {
   struct nbds_layer *top;
   bool readonly;
   bool multi_conn;         /* advertise CAN_MULTI_CONN */
+  bool write_cache;        /* false: every write is FUA (writethrough) */
   enum discard_mode discard;
   enum detect_zeroes detect_zeroes;
 };
@@ -31,13 +32,16 @@ struct export *export_find(const uint8_t *name, size_t len);
 /* The transmission flags a client of this export sees. */
 uint16_t export_flags(const struct export *e, bool structured);
 
-/* Submit a request to the export's stack, after applying --discard and
- * --detect-zeroes (they hold for every format, as in qemu-nbd). */
+/* Submit a request to the export's stack, after applying --discard,
+ * --detect-zeroes (they hold for every format, as in qemu-nbd) and the
+ * write cache setting of the cache mode. */
 void export_submit(struct export *e, struct nbds_req *req);
 
 /* Flush every export and wait for it; for a clean exit on reactor 0.
  * Returns false if any flush failed. */
 bool exports_flush_all(void);
 void exports_close_all(void);
+/* Log the counters of every layer that keeps any (the block cache). */
+void exports_log_stats(void);
 
 #endif

@@ -1,6 +1,7 @@
 /* Every layer type this build knows, by the name a stack uses for it. */
 #include <string.h>
 
+#include "nbdstack/blockcache.h"
 #include "nbdstack/layer.h"
 
 extern const struct nbds_layer_ops nbds_file_ops;
@@ -11,6 +12,7 @@ static const struct nbds_layer_type types[] = {
   { "file", &nbds_file_ops },
   { "raw", &nbds_raw_ops },
   { "cachepolicy", &nbds_cachepolicy_ops },
+  { "blockcache", &nbds_blockcache_ops },
 };
 
 const struct nbds_layer_ops *

@@ -23,7 +23,7 @@ static unsigned nreactors, next_reactor;
 static unsigned clients;      /* connected, negotiating or not */
 static unsigned negotiated;   /* in transmission */
 static bool stopping;
-static ev_signal sigterm_watcher, sigint_watcher;
+static ev_signal sigterm_watcher, sigint_watcher, sigusr1_watcher;
 
 bool
 server_stopping(void)
@@ -132,6 +132,15 @@ signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
   server_stop();
 }
 
+static void
+stats_cb(struct ev_loop *loop, ev_signal *w, int revents)
+{
+  (void) loop;
+  (void) w;
+  (void) revents;
+  exports_log_stats();
+}
+
 bool
 server_init(bool want_uring)
 {
@@ -157,6 +166,9 @@ server_run(void)
   ev_signal_init(&sigint_watcher, signal_cb, SIGINT);
   ev_signal_start(loop, &sigterm_watcher);
   ev_signal_start(loop, &sigint_watcher);
+  ev_signal_init(&sigusr1_watcher, stats_cb, SIGUSR1);
+  ev_signal_start(loop, &sigusr1_watcher);
+  ev_unref(loop);
   ev_unref(loop);
   ev_unref(loop);
   /* Reactor 0 runs until server_stop() has seen every client leave, not
@@ -174,6 +186,7 @@ server_run(void)
   /* A clean exit leaves the data on disk (the cache policy makes this a
    * no-op in unsafe mode). */
   bool ok = exports_flush_all();
+  exports_log_stats();
   workers_shutdown();
   exports_close_all();
   for (unsigned i = nreactors; i-- > 0;)

@@ -195,15 +195,15 @@ Test(layer, writeback_flush_elision)
   nbds_layer_close_stack(l);
 }
 
-Test(layer, writethrough_native_fua)
+Test(layer, fua_native)
 {
   struct nbds_layer *l = stack("writethrough");
-  run(l, NBDS_OP_WRITE, 0, 0);
-  run(l, NBDS_OP_ZERO, 0, 0);
-  run(l, NBDS_OP_TRIM, 0, 0);
+  run(l, NBDS_OP_WRITE, NBDS_F_FUA, 0);
+  run(l, NBDS_OP_ZERO, NBDS_F_FUA, 0);
+  run(l, NBDS_OP_TRIM, NBDS_F_FUA, 0);
   cr_assert_eq(nseen, 3);
   for (int i = 0; i < 3; i++)
-    cr_assert(seen[i].flags & NBDS_F_FUA, "every write is FUA");
+    cr_assert(seen[i].flags & NBDS_F_FUA, "FUA goes down as it is");
   run(l, NBDS_OP_FLUSH, 0, 0);
   cr_assert_eq(nseen, 3, "FUA writes leave nothing to flush");
   run(l, NBDS_OP_READ, 0, 0);
@@ -211,15 +211,17 @@ Test(layer, writethrough_native_fua)
   nbds_layer_close_stack(l);
 }
 
-Test(layer, writethrough_emulated_fua)
+Test(layer, fua_emulated)
 {
   rec_caps.fua = NBDS_FUA_NONE;
-  struct nbds_layer *l = stack("writethrough");
-  run(l, NBDS_OP_WRITE, 0, 0);
+  struct nbds_layer *l = stack("writeback");
+  run(l, NBDS_OP_WRITE, NBDS_F_FUA, 0);
   cr_assert_eq(nseen, 2);
   cr_assert_eq(seen[0].op, NBDS_OP_WRITE);
   cr_assert_eq(seen[0].flags & NBDS_F_FUA, 0);
   cr_assert_eq(seen[1].op, NBDS_OP_FLUSH, "the write is followed by a flush");
+  run(l, NBDS_OP_WRITE, 0, 0);
+  cr_assert_eq(nseen, 3, "a plain write is not flushed");
   nbds_layer_close_stack(l);
 }
 
