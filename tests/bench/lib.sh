@@ -76,7 +76,7 @@ for line in open(path):
     bw[w, s].append(float(b))
 workloads = list(dict.fromkeys(w for w, _ in iops))
 first = servers[0]
-head = f"{'workload':<22}{'unit':<7}" + "".join(f"{s:>14}" for s in servers)
+head = f"{'workload':<28}{'unit':<7}" + "".join(f"{s:>14}" for s in servers)
 head += "".join(f"{first + '/' + s:>22}" for s in servers[1:])
 print()
 print(head)
@@ -84,7 +84,7 @@ for w in workloads:
     big = w.endswith("1M")
     unit, data, scale = ("MiB/s", bw, 1024) if big else ("IOPS", iops, 1)
     med = {s: statistics.median(data[w, s]) for s in servers if (w, s) in data}
-    line = f"{w:<22}{unit:<7}" + "".join(
+    line = f"{w:<28}{unit:<7}" + "".join(
         f"{med[s] / scale:>14.0f}" if s in med else f"{'-':>14}" for s in servers)
     line += "".join(f"{med[first] / med[s]:>21.2f}x" if s in med else f"{'-':>22}"
                     for s in servers[1:])
