@@ -22,7 +22,15 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#ifdef _WIN32
+/* mingw-w64 has no <sys/uio.h>: the same layout, for the Win32 build. */
+struct iovec {
+  void *iov_base;
+  size_t iov_len;
+};
+#else
 #include <sys/uio.h>
+#endif
 
 #ifdef __cplusplus
 extern "C" {

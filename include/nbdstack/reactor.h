@@ -10,7 +10,9 @@
 #define NBDSTACK_REACTOR_H
 
 #include <stdbool.h>
+#ifndef _WIN32
 #include <liburing.h>
+#endif
 
 #ifdef __cplusplus
 extern "C" {
@@ -31,6 +33,7 @@ struct nbds_uring_op {
   void (*complete)(struct nbds_uring_op *op, int res);
 };
 
+#ifndef _WIN32
 /* True when the calling reactor has an io_uring ring. */
 bool nbds_uring_available(void);
 
@@ -38,6 +41,7 @@ bool nbds_uring_available(void);
  * the reactor submits everything once per loop iteration.  Never NULL (the
  * ring is submitted to make room when it is full). */
 struct io_uring_sqe *nbds_uring_sqe(struct nbds_uring_op *op);
+#endif
 
 /* Work for the worker pool: fn runs on a worker thread, then done runs on
  * the reactor that called nbds_work_submit(). */
