@@ -31,6 +31,11 @@ suite build
 echo "== clang build"
 CC=clang build build-clang -Dtests=false || status=1
 
+echo "== Win32 file driver: mingw-w64 cross build, conformance tests under Wine"
+win32_log=$(mktemp)
+bash tests/run-win32.sh 2>&1 | tee "$win32_log"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+
 build build-sanitize -Db_sanitize=address,undefined -Db_lundef=false || exit 1
 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 suite build-sanitize
 # A sanitizer report in a server that exits cleanly, or in a criterion
@@ -41,9 +46,15 @@ if grep -E "ERROR: (Address|Leak)Sanitizer|runtime error:" \
   status=1
 fi
 
-python3 - "${results[@]}" <<'PY'
-import json, sys
+python3 - "$win32_log" "${results[@]}" <<'PY'
+import json, re, sys
 passed = failed = skipped = 0
+# run-win32.sh's last "N passed, N failed" line is its total.
+totals = [m for m in (re.fullmatch(r"(\d+) passed, (\d+) failed\s*", line)
+                      for line in open(sys.argv.pop(1))) if m]
+if totals:
+    passed += int(totals[-1].group(1))
+    failed += int(totals[-1].group(2))
 for path in sys.argv[1:]:
     for line in open(path):
         r = json.loads(line)["result"]
@@ -55,4 +66,5 @@ for path in sys.argv[1:]:
             failed += 1
 print(f"{passed} passed, {failed} failed, {skipped} skipped")
 PY
+rm -f "$win32_log"
 exit $status
