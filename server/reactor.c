@@ -226,8 +226,11 @@ reactor_create(int index, bool want_uring)
   if (!r)
     return NULL;
   r->index = index;
-  r->loop = index == 0 ? ev_default_loop(EVFLAG_AUTO)
-                       : ev_loop_new(EVFLAG_AUTO);
+  /* Not ev_default_loop() even for reactor 0: the default loop reaps
+   * every child process on SIGCHLD, which breaks nbdkit plugins that run
+   * and wait for their own (sh, eval).  Signal watchers work in any one
+   * loop. */
+  r->loop = ev_loop_new(EVFLAG_AUTO);
   if (!r->loop) {
     free(r);
     return NULL;
@@ -269,8 +272,7 @@ reactor_create(int index, bool want_uring)
   return r;
 
 fail:
-  if (index != 0)
-    ev_loop_destroy(r->loop);
+  ev_loop_destroy(r->loop);
   free(r);
   return NULL;
 }
@@ -324,8 +326,7 @@ reactor_destroy(struct nbds_reactor *r)
     io_uring_queue_exit(&r->ring);
     close(r->ring_efd);
   }
-  if (r->index != 0)
-    ev_loop_destroy(r->loop);
+  ev_loop_destroy(r->loop);
   pthread_mutex_destroy(&r->lock);
   free(r);
 }
