@@ -1,0 +1,345 @@
+/* The nbd protocol layer: an export of an upstream NBD server.
+ *
+ *   uri=nbd://host:port/export | nbd+unix:///export?socket=PATH | ...
+ *       (whatever libnbd's nbd_connect_uri accepts; required)
+ *   readonly=on|off    do not write even if the upstream allows it
+ *
+ * open() connects synchronously (start-up may block) to learn the size and
+ * what the upstream can do; the layer advertises only that.  Requests run
+ * in the reactors' loops through libnbd's asynchronous API (conn.c).  When
+ * the upstream has CAN_MULTI_CONN every reactor has its own handle;
+ * otherwise one handle, owned by reactor 0, serves every reactor: requests
+ * from the others are posted to it and complete back where they came from.
+ *
+ * READ/WRITE/CACHE larger than the upstream's maximum block size, and
+ * vectored READ/WRITE, become several commands; TRIM/ZERO are split at
+ * 1 GiB (the NBD length field is 32 bits). */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nbd.h"
+
+#define MAX_PAYLOAD (32u * 1024 * 1024)
+#define MAX_EFFECT (1u << 30)
+
+static const char *const known_keys[] = { "uri", "readonly", NULL };
+
+static uint32_t
+pow2_or(int64_t v, uint32_t lo, uint32_t hi, uint32_t dflt)
+{
+  if (v <= 0)
+    return dflt;
+  uint32_t p = lo;
+  while (p < hi && p * 2 <= (uint64_t) v)
+    p *= 2;
+  return p;
+}
+
+/* Learn size and caps from a connected handle. */
+static int
+probe(struct nbd_upstream *u, struct nbd_handle *h, bool readonly)
+{
+  int64_t size = nbd_get_size(h);
+  if (size < 0) {
+    nbds_error("nbd: %s: %s", u->uri, nbd_get_error());
+    return -1;
+  }
+  u->size = size;
+  struct nbds_caps *c = &u->caps;
+  c->can_write = !readonly && nbd_is_read_only(h) == 0;
+  c->can_flush = nbd_can_flush(h) == 1;
+  c->fua = nbd_can_fua(h) == 1 ? NBDS_FUA_NATIVE : NBDS_FUA_NONE;
+  c->can_trim = nbd_can_trim(h) == 1;
+  c->can_zero = nbd_can_zero(h) == 1;
+  c->can_fast_zero = c->can_zero && nbd_can_fast_zero(h) == 1;
+  c->can_extents =
+    nbd_can_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) == 1;
+  c->can_cache = nbd_can_cache(h) == 1;
+  c->can_multi_conn = nbd_can_multi_conn(h) == 1;
+  c->block_min = pow2_or(nbd_get_block_size(h, LIBNBD_SIZE_MINIMUM),
+                         1, 64 * 1024, 1);
+  uint32_t pref_floor = c->block_min > 512 ? c->block_min : 512;
+  c->block_pref = pow2_or(nbd_get_block_size(h, LIBNBD_SIZE_PREFERRED),
+                          pref_floor, MAX_PAYLOAD,
+                          pref_floor > 4096 ? pref_floor : 4096);
+  int64_t max = nbd_get_block_size(h, LIBNBD_SIZE_MAXIMUM);
+  c->block_max = max <= 0 || max > MAX_PAYLOAD ? MAX_PAYLOAD : (uint32_t) max;
+  if (c->block_max < c->block_min)
+    c->block_max = c->block_min;
+  u->max = c->block_max;
+  return 0;
+}
+
+static int
+nbd_open(struct nbds_layer *l, const struct nbds_kv *kv, size_t nkv)
+{
+  if (nbds_kv_check("nbd", kv, nkv, known_keys) == -1)
+    return -1;
+  const char *uri = nbds_kv_get(kv, nkv, "uri");
+  if (!uri || !*uri) {
+    nbds_error("nbd: the option 'uri' (the upstream NBD URI) is required");
+    return -1;
+  }
+  const char *ro = nbds_kv_get(kv, nkv, "readonly");
+  if (ro && strcmp(ro, "on") != 0 && strcmp(ro, "off") != 0) {
+    nbds_error("nbd: readonly must be on or off, not '%s'", ro);
+    return -1;
+  }
+  struct nbds_reactor *self = nbds_reactor_self();
+  if (!self) {
+    nbds_error("nbd: the layer must be opened on a reactor");
+    return -1;
+  }
+
+  struct nbd_upstream *u = calloc(1, sizeof *u);
+  if (!u || !(u->uri = strdup(uri))) {
+    free(u);
+    nbds_error("out of memory");
+    return -1;
+  }
+  pthread_mutex_init(&u->lock, NULL);
+  u->home = self;
+
+  struct nbd_handle *h = nbd_create();
+  if (h && nbd_supports_uri(h) != 1) {
+    nbds_error("nbd: this libnbd cannot parse NBD URIs");
+    goto fail;
+  }
+  if (!h || nbd_add_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) == -1 ||
+      nbd_connect_uri(h, uri) == -1) {
+    nbds_error("nbd: cannot connect to %s: %s", uri, nbd_get_error());
+    goto fail;
+  }
+  if (probe(u, h, ro && strcmp(ro, "on") == 0) == -1)
+    goto fail;
+  u->per_reactor = u->caps.can_multi_conn;
+  /* The handle that answered becomes reactor 0's. */
+  if (!nbd_conn_adopt(u, self, h)) {
+    nbds_error("out of memory");
+    goto fail;
+  }
+  l->priv = u;
+  return 0;
+
+fail:
+  if (h)
+    nbd_close(h);
+  pthread_mutex_destroy(&u->lock);
+  free(u->uri);
+  free(u);
+  return -1;
+}
+
+static void
+nbd_layer_close(struct nbds_layer *l)
+{
+  struct nbd_upstream *u = l->priv;
+  nbd_conns_close(u);
+  pthread_mutex_destroy(&u->lock);
+  free(u->uri);
+  free(u);
+}
+
+static uint64_t
+nbd_size(struct nbds_layer *l)
+{
+  struct nbd_upstream *u = l->priv;
+  return u->size;
+}
+
+static void
+nbd_caps(struct nbds_layer *l, struct nbds_caps *caps)
+{
+  struct nbd_upstream *u = l->priv;
+  *caps = u->caps;
+}
+
+/* ---- jobs: a request in ops, completed on its own reactor ---------------- */
+
+static void
+complete_posted(void *arg)
+{
+  struct nbd_job *job = arg;
+  struct nbds_req *req = job->req;
+  int err = job->err;
+  free(job);
+  nbds_req_complete(req, err);
+}
+
+static void
+job_finish(struct nbd_job *job)
+{
+  if (job->origin != nbds_reactor_self()) {
+    nbds_reactor_post(job->origin, complete_posted, job);
+    return;
+  }
+  complete_posted(job);
+}
+
+void
+nbd_op_done(struct nbd_op *op, int err)
+{
+  struct nbd_job *job = op->job;
+  /* A server must describe at least part of the range. */
+  if (!err && op->op == NBDS_OP_BLOCK_STATUS && job->req->extents->covered == 0)
+    err = EIO;
+  free(op);
+  if (err && !job->err)
+    job->err = err;
+  if (--job->pending == 0)
+    job_finish(job);
+}
+
+static uint32_t
+cmd_flags(const struct nbds_req *req)
+{
+  uint32_t f = 0;
+  if (req->flags & NBDS_F_FUA)
+    f |= LIBNBD_CMD_FLAG_FUA;
+  if (req->flags & NBDS_F_NO_HOLE)
+    f |= LIBNBD_CMD_FLAG_NO_HOLE;
+  if (req->flags & NBDS_F_FAST_ZERO)
+    f |= LIBNBD_CMD_FLAG_FAST_ZERO;
+  if (req->flags & NBDS_F_REQ_ONE)
+    f |= LIBNBD_CMD_FLAG_REQ_ONE;
+  return f;
+}
+
+/* Append one op; false when out of memory. */
+static bool
+add_op(struct nbd_op **list, struct nbd_job *job, uint64_t offset,
+       uint64_t count, void *buf)
+{
+  struct nbd_op *op = calloc(1, sizeof *op);
+  if (!op)
+    return false;
+  op->job = job;
+  op->op = job->req->op;
+  op->flags = cmd_flags(job->req);
+  op->offset = offset;
+  op->count = count;
+  op->buf = buf;
+  op->next = *list;
+  *list = op;
+  job->pending++;
+  return true;
+}
+
+/* Cut the request into ops (reversed; order does not matter). */
+static bool
+split(struct nbd_job *job, struct nbd_op **list)
+{
+  struct nbds_req *req = job->req;
+  uint64_t off = req->offset;
+  switch (req->op) {
+  case NBDS_OP_READ:
+  case NBDS_OP_WRITE:
+    for (int i = 0; i < req->iovcnt; i++) {
+      char *base = req->iov[i].iov_base;
+      uint64_t left = req->iov[i].iov_len;
+      while (left) {
+        uint64_t n = left < job->u->max ? left : job->u->max;
+        if (!add_op(list, job, off, n, base))
+          return false;
+        base += n;
+        off += n;
+        left -= n;
+      }
+    }
+    return true;
+  case NBDS_OP_FLUSH:
+    return add_op(list, job, 0, 0, NULL);
+  case NBDS_OP_BLOCK_STATUS:
+    return add_op(list, job, off,
+                  req->count > UINT32_MAX ? UINT32_MAX : req->count, NULL);
+  default: {
+    uint64_t chunk = req->op == NBDS_OP_CACHE ? job->u->max : MAX_EFFECT;
+    for (uint64_t left = req->count; left;) {
+      uint64_t n = left < chunk ? left : chunk;
+      if (!add_op(list, job, off, n, NULL))
+        return false;
+      off += n;
+      left -= n;
+    }
+    return true;
+  }
+  }
+}
+
+/* Run a job's ops on the calling reactor's connection. */
+static void
+job_start(struct nbd_job *job)
+{
+  struct nbd_op *ops = NULL;
+  /* Hold one count while issuing, so the job cannot finish early. */
+  job->pending = 1;
+  bool ok = split(job, &ops);
+  struct nbd_conn *c = ok ? nbd_conn_get(job->u) : NULL;
+  if (!c) {
+    job->err = ENOMEM;
+    while (ops) {
+      struct nbd_op *next = ops->next;
+      free(ops);
+      job->pending--;
+      ops = next;
+    }
+  }
+  while (ops) {
+    struct nbd_op *next = ops->next;
+    nbd_conn_issue(c, ops);
+    ops = next;
+  }
+  if (--job->pending == 0)
+    job_finish(job);
+}
+
+static void
+job_start_posted(void *arg)
+{
+  job_start(arg);
+}
+
+static void
+nbd_submit(struct nbds_layer *l, struct nbds_req *req)
+{
+  struct nbd_upstream *u = l->priv;
+  switch (req->op) {
+  case NBDS_OP_WRITE:
+  case NBDS_OP_TRIM:
+  case NBDS_OP_ZERO:
+    if (!u->caps.can_write) {
+      nbds_req_complete(req, EROFS);
+      return;
+    }
+    break;
+  default:
+    break;
+  }
+  /* libnbd refuses zero-length commands; there is nothing to do. */
+  if (req->count == 0 && req->op != NBDS_OP_FLUSH) {
+    nbds_req_complete(req, 0);
+    return;
+  }
+  struct nbd_job *job = calloc(1, sizeof *job);
+  if (!job) {
+    nbds_req_complete(req, ENOMEM);
+    return;
+  }
+  job->u = u;
+  job->req = req;
+  job->origin = nbds_reactor_self();
+  if (!u->per_reactor && job->origin != u->home)
+    nbds_reactor_post(u->home, job_start_posted, job);
+  else
+    job_start(job);
+}
+
+const struct nbds_layer_ops nbds_nbd_ops = {
+  .name = "nbd",
+  .open = nbd_open,
+  .close = nbd_layer_close,
+  .size = nbd_size,
+  .caps = nbd_caps,
+  .submit = nbd_submit,
+};
