@@ -5,7 +5,12 @@
  *
  * The cache mode acts at three depths: direct I/O is how the protocol
  * layer opens the file, no-flush is the cachepolicy layer, and the write
- * cache setting is the export's (see cachepolicy/cachepolicy.c). */
+ * cache setting is the export's (see cachepolicy/cachepolicy.c).
+ *
+ * An image that is an NBD URI (nbd://, nbd+unix://, ...) is exported
+ * through the nbd layer instead of file, and --plugin through the nbdkit
+ * plugin host; direct I/O does not apply there, so cache=none and auto
+ * act as writeback and directsync as writethrough. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,6 +55,58 @@ open_file(const struct options *o, bool uring, bool direct)
   return nbds_layer_open("file", NULL, k.v, k.n);
 }
 
+bool
+cmdline_image_is_uri(const char *image)
+{
+  static const char *const schemes[] = {
+    "nbd:", "nbds:", "nbd+unix:", "nbds+unix:", "nbd+vsock:", "nbds+vsock:",
+  };
+  for (size_t i = 0; i < sizeof schemes / sizeof schemes[0]; i++)
+    if (strncmp(image, schemes[i], strlen(schemes[i])) == 0)
+      return true;
+  return false;
+}
+
+/* --plugin NAME KEY=VALUE...: the nbdkit plugin host, with the plugin's
+ * parameters in command-line order (a bare word goes to the plugin's
+ * magic config key, as on nbdkit's command line). */
+static struct nbds_layer *
+open_plugin(const struct options *o)
+{
+  size_t n = 2 + o->nplugin_args;
+  struct nbds_kv *kv = calloc(n, sizeof *kv);
+  char **copies = calloc(n, sizeof *copies);
+  if (!kv || !copies) {
+    nbds_log_error("out of memory");
+    exit(EXIT_FAILURE);
+  }
+  kv[0] = (struct nbds_kv) { "plugin", o->plugin };
+  kv[1] = (struct nbds_kv) { "readonly", o->readonly ? "on" : "off" };
+  for (int i = 0; i < o->nplugin_args; i++) {
+    const char *arg = o->plugin_args[i];
+    const char *eq = strchr(arg, '=');
+    if (eq && eq != arg) {
+      copies[i] = strndup(arg, eq - arg);
+      if (!copies[i]) {
+        nbds_log_error("out of memory");
+        exit(EXIT_FAILURE);
+      }
+      kv[2 + i] = (struct nbds_kv) { copies[i], eq + 1 };
+    } else
+      kv[2 + i] = (struct nbds_kv) { "", arg };
+  }
+  struct nbds_layer *l = nbds_layer_open("nbdkit", NULL, kv, n);
+  for (size_t i = 0; i < n; i++)
+    free(copies[i]);
+  free(copies);
+  free(kv);
+  if (!l) {
+    nbds_log_error("%s", nbds_last_error());
+    exit(EXIT_FAILURE);
+  }
+  return l;
+}
+
 /* The protocol layer, and the cache mode the cachepolicy layer gets.
  * --cache=auto (an nbdstack extension) uses direct I/O where the
  * filesystem has it and the page cache where it does not. */
@@ -57,6 +114,30 @@ static struct nbds_layer *
 open_protocol(const struct options *o, bool uring, const char **mode)
 {
   *mode = o->cache ? o->cache : "writeback";
+  if (o->plugin || cmdline_image_is_uri(o->image)) {
+    bool direct = strcmp(*mode, "none") == 0 ||
+                  strcmp(*mode, "directsync") == 0;
+    if (direct || strcmp(*mode, "auto") == 0) {
+      const char *as = strcmp(*mode, "directsync") == 0 ? "writethrough"
+                                                         : "writeback";
+      if (direct)
+        nbds_log_info("cache=%s: direct I/O does not apply to %s; "
+                      "using cache=%s", *mode,
+                      o->plugin ? "an nbdkit plugin" : "an NBD upstream", as);
+      *mode = as;
+    }
+    if (o->plugin)
+      return open_plugin(o);
+    struct kvs k = { .n = 0 };
+    kv_add(&k, "uri", o->image);
+    kv_add(&k, "readonly", o->readonly ? "on" : "off");
+    struct nbds_layer *nbd = nbds_layer_open("nbd", NULL, k.v, k.n);
+    if (!nbd) {
+      nbds_log_error("%s", nbds_last_error());
+      exit(EXIT_FAILURE);
+    }
+    return nbd;
+  }
   bool direct = strcmp(*mode, "none") == 0 || strcmp(*mode, "directsync") == 0;
   bool automatic = strcmp(*mode, "auto") == 0;
 
@@ -104,6 +185,7 @@ cmdline_export_open(const struct options *o, bool uring)
   snprintf(offset, sizeof offset, "%llu", (unsigned long long) o->offset);
   struct kvs raw = { .n = 0 };
   kv_add(&raw, "offset", offset);
+  kv_add(&raw, "round", o->plugin ? "off" : NULL);
   top = push("raw", top, &raw);
 
   struct export *e = calloc(1, sizeof *e);

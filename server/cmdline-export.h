@@ -10,5 +10,7 @@
 /* Build raw over [blockcache over] cachepolicy over file, as the options
  * say.  On failure print one line and exit. */
 struct export *cmdline_export_open(const struct options *o, bool uring);
+/* True when the image argument is an NBD URI (the nbd layer serves it). */
+bool cmdline_image_is_uri(const char *image);
 
 #endif

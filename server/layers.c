@@ -6,13 +6,17 @@
 
 extern const struct nbds_layer_ops nbds_file_ops;
 extern const struct nbds_layer_ops nbds_raw_ops;
+extern const struct nbds_layer_ops nbds_nbd_ops;
 extern const struct nbds_layer_ops nbds_cachepolicy_ops;
+extern const struct nbds_layer_ops nbds_nbdkit_ops;
 
 static const struct nbds_layer_type types[] = {
   { "file", &nbds_file_ops },
   { "raw", &nbds_raw_ops },
+  { "nbd", &nbds_nbd_ops },
   { "cachepolicy", &nbds_cachepolicy_ops },
   { "blockcache", &nbds_blockcache_ops },
+  { "nbdkit", &nbds_nbdkit_ops },
 };
 
 const struct nbds_layer_ops *

@@ -97,6 +97,8 @@ static void
 refuse_other_formats(const char *path)
 {
   unsigned char magic[4];
+  if (cmdline_image_is_uri(path))
+    return;  /* an upstream NBD server: nothing to sniff */
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd == -1)
     return;  /* the file layer reports the real error */
@@ -118,7 +120,7 @@ main(int argc, char **argv)
   if (o.fork)
     daemonize();  /* before any thread exists */
 
-  if (!o.format)
+  if (!o.format && !o.plugin)
     refuse_other_formats(o.image);
 
   bool uring = o.aio != AIO_THREADS && reactor_uring_works();

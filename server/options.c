@@ -23,6 +23,7 @@ enum {
   OPT_BLOCK_CACHE_READ_MISS,
   OPT_BLOCK_CACHE_WRITE_HIT,
   OPT_BLOCK_CACHE_WRITE_MISS,
+  OPT_PLUGIN,
 };
 
 static const char short_opts[] = "hVf:k:p:b:x:D:rte:o:nv";
@@ -48,6 +49,7 @@ static const struct option long_opts[] = {
   { "fork", no_argument, NULL, OPT_FORK },
   { "pid-file", required_argument, NULL, OPT_PID_FILE },
   { "threads", required_argument, NULL, OPT_THREADS },
+  { "plugin", required_argument, NULL, OPT_PLUGIN },
   { "block-cache", required_argument, NULL, OPT_BLOCK_CACHE },
   { "block-cache-block", required_argument, NULL, OPT_BLOCK_CACHE_BLOCK },
   { "block-cache-read-miss", required_argument, NULL,
@@ -64,7 +66,10 @@ usage(void)
 {
   printf(
 "Usage: nbdstack [OPTIONS] FILE\n"
-"Export a disk image over NBD (a drop-in for qemu-nbd).\n"
+"       nbdstack [OPTIONS] --plugin PLUGIN [KEY=VALUE ...]\n"
+"Export a disk image over NBD (a drop-in for qemu-nbd).  FILE may also be\n"
+"an NBD URI (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH):\n"
+"the export is then served from that upstream NBD server.\n"
 "\n"
 "  -h, --help                display this help and exit\n"
 "  -V, --version             output version information and exit\n"
@@ -84,6 +89,9 @@ usage(void)
 "      --threads=N           reactor threads (default: one per CPU)\n"
 "\n"
 "Image options:\n"
+"      --plugin=PLUGIN       serve an nbdkit plugin (a name from nbdkit's\n"
+"                            plugin directory, or a path to its .so); its\n"
+"                            parameters follow as KEY=VALUE, as for nbdkit\n"
 "  -f, --format=FORMAT       image format (raw)\n"
 "  -r, --read-only           export read-only\n"
 "  -o, --offset=OFFSET       export the image from byte OFFSET on\n"
@@ -252,6 +260,9 @@ options_parse(int argc, char **argv, struct options *o)
         die("invalid thread count '%s'", optarg);
       o->threads = v;
       break;
+    case OPT_PLUGIN:
+      o->plugin = optarg;
+      break;
     case OPT_BLOCK_CACHE:
       o->block_cache = optarg;
       break;
@@ -277,9 +288,15 @@ options_parse(int argc, char **argv, struct options *o)
     }
   }
 
-  if (optind != argc - 1)
+  if (o->plugin) {
+    /* As on nbdkit's command line: the plugin's parameters. */
+    o->plugin_args = (const char *const *) argv + optind;
+    o->nplugin_args = argc - optind;
+    o->image = o->plugin;
+  } else if (optind != argc - 1)
     die("expected exactly one image file (try --help)");
-  o->image = argv[optind];
+  else
+    o->image = argv[optind];
   if (o->format && strcmp(o->format, "raw") != 0)
     die("unknown image format '%s' (supported: raw)", o->format);
   if (o->detect_zeroes == DETECT_ZEROES_UNMAP && o->discard != DISCARD_UNMAP)

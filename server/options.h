@@ -11,7 +11,10 @@
 enum aio_mode { AIO_DEFAULT, AIO_IO_URING, AIO_THREADS };
 
 struct options {
-  const char *image;
+  const char *image;         /* the FILE argument (with --plugin: its name) */
+  const char *plugin;        /* --plugin: an nbdkit plugin name or path */
+  const char *const *plugin_args;  /* its KEY=VALUE parameters */
+  int nplugin_args;
   const char *format;        /* NULL: probe (only raw is known) */
   const char *socket_path;   /* -k */
   const char *port;          /* -p */

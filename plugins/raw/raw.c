@@ -1,20 +1,23 @@
 /* The raw format: the image's bytes are the disk's, from -o OFFSET on.
  * The export size is rounded up to 512 bytes, as qemu-nbd's block layer
  * reports whole sectors (a 1000-byte file exports 1024 bytes; reads of
- * the tail past the file's end see zeroes). */
+ * the tail past the file's end see zeroes) — unless round=off, for what
+ * nbdkit users expect of a plugin: its exact size. */
 #include <inttypes.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "nbdstack/layer.h"
 
 struct raw {
   uint64_t offset;
+  bool round;
 };
 
 static int
 raw_open(struct nbds_layer *l, const struct nbds_kv *kv, size_t nkv)
 {
-  static const char *const known[] = { "offset", NULL };
+  static const char *const known[] = { "offset", "round", NULL };
   if (nbds_kv_check("raw", kv, nkv, known) == -1)
     return -1;
   if (!l->below) {
@@ -36,12 +39,18 @@ raw_open(struct nbds_layer *l, const struct nbds_kv *kv, size_t nkv)
                "(%" PRIu64 " bytes)", offset, l->below->size);
     return -1;
   }
+  const char *round = nbds_kv_get(kv, nkv, "round");
+  if (round && strcmp(round, "on") && strcmp(round, "off")) {
+    nbds_error("raw: round must be on or off, not '%s'", round);
+    return -1;
+  }
   struct raw *r = malloc(sizeof *r);
   if (!r) {
     nbds_error("out of memory");
     return -1;
   }
   r->offset = offset;
+  r->round = !round || strcmp(round, "on") == 0;
   l->priv = r;
   return 0;
 }
@@ -57,7 +66,7 @@ raw_size(struct nbds_layer *l)
 {
   struct raw *r = l->priv;
   uint64_t bytes = l->below->size - r->offset;
-  return (bytes + 511) & ~UINT64_C(511);
+  return r->round ? (bytes + 511) & ~UINT64_C(511) : bytes;
 }
 
 static void

@@ -60,8 +60,11 @@ class Server:
         # to the server itself, by its pid file, and the wrapper's exit
         # status is the server's.
         self.wrapper = list(wrapper or [])
+        # image None: the arguments name the export (--plugin ...).
         self.argv = self.wrapper + [NBDSTACK, "-f", "raw", "-k", self.sock,
-                                    "--pid-file=" + self.pidfile] + list(args) + [image]
+                                    "--pid-file=" + self.pidfile] + list(args)
+        if image is not None:
+            self.argv.append(image)
         self.log = open(self.logpath, "wb")
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
         persistent = "-t" in args or "--persistent" in args

@@ -175,6 +175,13 @@ Test(layer, raw_offset_and_size)
   nbds_layer_close_stack(raw);
 
   rec = nbds_layer_open("rec", NULL, NULL, 0);
+  struct nbds_kv exact[] = { { "offset", "100" }, { "round", "off" } };
+  raw = nbds_layer_open("raw", rec, exact, 2);
+  cr_assert_not_null(raw);
+  cr_assert_eq(raw->size, 900, "round=off keeps the exact size");
+  nbds_layer_close_stack(raw);
+
+  rec = nbds_layer_open("rec", NULL, NULL, 0);
   struct nbds_kv beyond[] = { { "offset", "1001" } };
   cr_assert_null(nbds_layer_open("raw", rec, beyond, 1));
   nbds_layer_close_stack(rec);
