@@ -42,7 +42,7 @@ conn_start(int fd, const char *peer)
   }
   c->fd = fd;
   c->reactor = nbds_reactor_self();
-  c->loop = reactor_loop(c->reactor);
+  c->loop = nbds_reactor_loop(c->reactor);
   snprintf(c->peer, sizeof c->peer, "%s", peer);
   c->in_cap = IN_BUF_INITIAL;
   c->in = malloc(c->in_cap);

@@ -123,7 +123,7 @@ bool
 exports_flush_all(void)
 {
   bool ok = true;
-  struct ev_loop *loop = reactor_loop(nbds_reactor_self());
+  struct ev_loop *loop = nbds_reactor_loop(nbds_reactor_self());
   for (struct export *e = exports; e; e = e->next) {
     if (e->readonly || !e->top->caps.can_flush)
       continue;

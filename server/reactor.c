@@ -52,7 +52,7 @@ nbds_reactor_self(void)
 }
 
 struct ev_loop *
-reactor_loop(struct nbds_reactor *r)
+nbds_reactor_loop(struct nbds_reactor *r)
 {
   return r->loop;
 }

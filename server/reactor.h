@@ -20,7 +20,6 @@ void reactor_start(struct nbds_reactor *r);
 void reactor_stop(struct nbds_reactor *r);
 void reactor_destroy(struct nbds_reactor *r);
 
-struct ev_loop *reactor_loop(struct nbds_reactor *r);
 int reactor_index(struct nbds_reactor *r);
 /* Try to set up an io_uring ring; false when the kernel does not allow it
  * (old kernel, seccomp). */

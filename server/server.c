@@ -34,7 +34,7 @@ server_stopping(void)
 static struct ev_loop *
 main_loop(void)
 {
-  return reactor_loop(reactors[0]);
+  return nbds_reactor_loop(reactors[0]);
 }
 
 static void

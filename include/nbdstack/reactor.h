@@ -23,6 +23,13 @@ struct nbds_reactor;
 /* The reactor of the calling thread, or NULL outside reactors. */
 struct nbds_reactor *nbds_reactor_self(void);
 
+#ifndef _WIN32
+/* The reactor's libev loop, for a layer that watches descriptors of its
+ * own (the upstream NBD layer's libnbd sockets). */
+struct ev_loop;
+struct ev_loop *nbds_reactor_loop(struct nbds_reactor *r);
+#endif
+
 /* Run fn(arg) on reactor r's thread, soon.  Safe from any thread: this is
  * how work finished on one reactor (or a worker) completes a request that
  * another reactor submitted. */

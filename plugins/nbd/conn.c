@@ -15,8 +15,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <ev.h>
+
+#include "nbdstack/reactor.h"
 #include "log.h"
-#include "reactor.h"
 #include "nbd.h"
 
 #define BACKOFF_MIN 0.1
@@ -372,7 +374,7 @@ conn_new(struct nbd_upstream *u, struct nbds_reactor *r)
     return NULL;
   c->u = u;
   c->r = r;
-  c->loop = reactor_loop(r);
+  c->loop = nbds_reactor_loop(r);
   c->done_tail = &c->done_head;
   c->queue_tail = &c->queue_head;
   ev_io_init(&c->io, io_cb, 0, 0);

@@ -117,7 +117,7 @@ int
 conf_run_many(struct nbds_layer *l, struct nbds_req **reqs, size_t n)
 {
   struct pending p = { n, 0 };
-  struct ev_loop *loop = reactor_loop(reactor);
+  struct ev_loop *loop = nbds_reactor_loop(reactor);
 
   for (size_t i = 0; i < n; i++) {
     reqs[i]->done = on_done;

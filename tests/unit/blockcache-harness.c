@@ -167,7 +167,7 @@ setup(void)
 {
   reactor = reactor_create(0, false);
   cr_assert_not_null(reactor);
-  loop = reactor_loop(reactor);
+  loop = nbds_reactor_loop(reactor);
   pthread_mutex_init(&mem.lock, NULL);
 }
 

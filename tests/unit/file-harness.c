@@ -124,7 +124,7 @@ int
 run(struct nbds_layer *l, struct nbds_req *req)
 {
   struct result res = { false, 0 };
-  struct ev_loop *loop = reactor_loop(reactor);
+  struct ev_loop *loop = nbds_reactor_loop(reactor);
   req->done = on_done;
   req->opaque = &res;
   nbds_layer_submit(l, req);

@@ -424,7 +424,7 @@ storm_add(struct storm *s, uint64_t offset, void *buf, size_t len)
 static void
 storm_run(struct storm *s, struct nbds_reactor *r1)
 {
-  struct ev_loop *loop = reactor_loop(reactor);
+  struct ev_loop *loop = nbds_reactor_loop(reactor);
   s->left0 = 0;
   for (int i = 0; i < s->n; i++)
     s->left0 += s->reactor[i] == 0;

@@ -83,7 +83,7 @@ static int
 run(struct nbds_layer *l, struct nbds_req *req)
 {
   struct result res = { false, 0 };
-  struct ev_loop *loop = reactor_loop(reactor);
+  struct ev_loop *loop = nbds_reactor_loop(reactor);
   req->done = on_done;
   req->opaque = &res;
   nbds_layer_submit(l, req);
@@ -486,7 +486,7 @@ Test(plugin_host, many_in_flight)
     struct nbds_layer *l = open_kv(kv, p == 0 ? 2 : 3);
     enum { N = 64 };
     static struct inflight f[N];
-    struct ev_loop *loop = reactor_loop(reactor);
+    struct ev_loop *loop = nbds_reactor_loop(reactor);
     for (int op = 0; op < 2; op++) {
       memset(f, 0, sizeof f);
       for (int i = 0; i < N; i++) {
