@@ -1,6 +1,6 @@
 /* From command-line options to a stack of layers:
  *
- *   raw (-o)  →  blockcache (--block-cache, optional)
+ *   raw (-o) or qcow2  →  blockcache (--block-cache, optional)
  *             →  cachepolicy (--cache)  →  file (direct I/O per --cache)
  *
  * The cache mode acts at three depths: direct I/O is how the protocol
@@ -18,7 +18,7 @@
 #include "cmdline-export.h"
 #include "log.h"
 
-#define MAX_KV 8
+#define MAX_KV 10
 
 struct kvs {
   struct nbds_kv v[MAX_KV];
@@ -161,6 +161,25 @@ open_protocol(const struct options *o, bool uring, const char **mode)
   return file;
 }
 
+/* qcow2 over the stack below; its backing files are opened as the image
+ * is (the same aio and direct I/O settings). */
+static struct nbds_layer *
+push_qcow2(const struct options *o, struct nbds_layer *below, bool uring,
+           const char *mode)
+{
+  bool direct = strcmp(mode, "none") == 0 || strcmp(mode, "directsync") == 0;
+  struct kvs q = { .n = 0 };
+  if (!cmdline_image_is_uri(o->image))
+    kv_add(&q, "file", o->image);
+  kv_add(&q, "readonly", o->readonly ? "on" : "off");
+  kv_add(&q, "snapshot", o->snapshot_name);
+  kv_add(&q, "l2-cache-size", o->l2_cache_size);
+  kv_add(&q, "bitmaps", o->bitmaps_in_use ? "in-use" : NULL);
+  kv_add(&q, "aio", uring ? "io_uring" : "threads");
+  kv_add(&q, "direct", direct ? "on" : NULL);
+  return push("qcow2", below, &q);
+}
+
 struct export *
 cmdline_export_open(const struct options *o, bool uring)
 {
@@ -181,12 +200,16 @@ cmdline_export_open(const struct options *o, bool uring)
     top = push("blockcache", top, &bc);
   }
 
-  char offset[32];
-  snprintf(offset, sizeof offset, "%llu", (unsigned long long) o->offset);
-  struct kvs raw = { .n = 0 };
-  kv_add(&raw, "offset", offset);
-  kv_add(&raw, "round", o->plugin ? "off" : NULL);
-  top = push("raw", top, &raw);
+  if (o->format && strcmp(o->format, "qcow2") == 0)
+    top = push_qcow2(o, top, uring, mode);
+  else {
+    char offset[32];
+    snprintf(offset, sizeof offset, "%llu", (unsigned long long) o->offset);
+    struct kvs raw = { .n = 0 };
+    kv_add(&raw, "offset", offset);
+    kv_add(&raw, "round", o->plugin ? "off" : NULL);
+    top = push("raw", top, &raw);
+  }
 
   struct export *e = calloc(1, sizeof *e);
   if (!e || !(e->name = strdup(o->export_name)) ||

@@ -6,6 +6,7 @@
 
 extern const struct nbds_layer_ops nbds_file_ops;
 extern const struct nbds_layer_ops nbds_raw_ops;
+extern const struct nbds_layer_ops nbds_qcow2_ops;
 extern const struct nbds_layer_ops nbds_nbd_ops;
 extern const struct nbds_layer_ops nbds_cachepolicy_ops;
 extern const struct nbds_layer_ops nbds_nbdkit_ops;
@@ -13,6 +14,7 @@ extern const struct nbds_layer_ops nbds_nbdkit_ops;
 static const struct nbds_layer_type types[] = {
   { "file", &nbds_file_ops },
   { "raw", &nbds_raw_ops },
+  { "qcow2", &nbds_qcow2_ops },
   { "nbd", &nbds_nbd_ops },
   { "cachepolicy", &nbds_cachepolicy_ops },
   { "blockcache", &nbds_blockcache_ops },

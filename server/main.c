@@ -103,8 +103,9 @@ refuse_other_formats(const char *path)
   if (fd == -1)
     return;  /* the file layer reports the real error */
   if (read(fd, magic, 4) == 4 && memcmp(magic, "QFI\xfb", 4) == 0) {
-    nbds_log_error("'%s' is a qcow2 image, which this build cannot read; "
-                   "pass -f raw to export its bytes as they are", path);
+    nbds_log_error("'%s' is a qcow2 image: pass -f qcow2 to serve it, or "
+                   "-f raw to export its bytes as they are (nbdstack never "
+                   "guesses a format)", path);
     exit(EXIT_FAILURE);
   }
   close(fd);

@@ -24,9 +24,11 @@ enum {
   OPT_BLOCK_CACHE_WRITE_HIT,
   OPT_BLOCK_CACHE_WRITE_MISS,
   OPT_PLUGIN,
+  OPT_L2_CACHE_SIZE,
+  OPT_BITMAPS,
 };
 
-static const char short_opts[] = "hVf:k:p:b:x:D:rte:o:nv";
+static const char short_opts[] = "hVf:k:p:b:x:D:rte:o:nvl:";
 static const struct option long_opts[] = {
   { "help", no_argument, NULL, 'h' },
   { "version", no_argument, NULL, 'V' },
@@ -40,6 +42,9 @@ static const struct option long_opts[] = {
   { "persistent", no_argument, NULL, 't' },
   { "shared", required_argument, NULL, 'e' },
   { "offset", required_argument, NULL, 'o' },
+  { "load-snapshot", required_argument, NULL, 'l' },
+  { "l2-cache-size", required_argument, NULL, OPT_L2_CACHE_SIZE },
+  { "bitmaps", required_argument, NULL, OPT_BITMAPS },
   { "nocache", no_argument, NULL, 'n' },
   { "verbose", no_argument, NULL, 'v' },
   { "aio", required_argument, NULL, OPT_AIO },
@@ -92,9 +97,17 @@ usage(void)
 "      --plugin=PLUGIN       serve an nbdkit plugin (a name from nbdkit's\n"
 "                            plugin directory, or a path to its .so); its\n"
 "                            parameters follow as KEY=VALUE, as for nbdkit\n"
-"  -f, --format=FORMAT       image format (raw)\n"
+"  -f, --format=FORMAT       image format: raw or qcow2 (never guessed)\n"
 "  -r, --read-only           export read-only\n"
-"  -o, --offset=OFFSET       export the image from byte OFFSET on\n"
+"  -o, --offset=OFFSET       export the image from byte OFFSET on (raw)\n"
+"  -l, --load-snapshot=NAME  serve the qcow2 internal snapshot NAME (or ID),\n"
+"                            read-only\n"
+"      --l2-cache-size=SIZE  qcow2 L2 cache (default: the whole image, at\n"
+"                            most 32M)\n"
+"      --bitmaps=in-use      write a qcow2 image that has persistent\n"
+"                            bitmaps, marking them in use (they stop\n"
+"                            tracking); without it such images are\n"
+"                            refused read-write\n"
 "  -n, --nocache             same as --cache=none\n"
 "      --cache=MODE          writeback (default), writethrough, none,\n"
 "                            directsync, unsafe, or auto (none where the\n"
@@ -161,6 +174,18 @@ options_parse(int argc, char **argv, struct options *o)
       exit(EXIT_SUCCESS);
     case 'f':
       o->format = optarg;
+      break;
+    case 'l':
+      o->snapshot_name = optarg;
+      o->readonly = true;  /* as qemu-nbd: a snapshot is served read-only */
+      break;
+    case OPT_L2_CACHE_SIZE:
+      o->l2_cache_size = optarg;
+      break;
+    case OPT_BITMAPS:
+      if (strcmp(optarg, "in-use") != 0)
+        die("--bitmaps: the only value is in-use, not '%s'", optarg);
+      o->bitmaps_in_use = true;
       break;
     case 'k':
       if (optarg[0] != '/')
@@ -297,8 +322,16 @@ options_parse(int argc, char **argv, struct options *o)
     die("expected exactly one image file (try --help)");
   else
     o->image = argv[optind];
-  if (o->format && strcmp(o->format, "raw") != 0)
-    die("unknown image format '%s' (supported: raw)", o->format);
+  if (o->format && strcmp(o->format, "raw") != 0 &&
+      strcmp(o->format, "qcow2") != 0)
+    die("unknown image format '%s' (supported: raw, qcow2)", o->format);
+  bool qcow2 = o->format && strcmp(o->format, "qcow2") == 0;
+  if (qcow2 && o->offset)
+    die("-o applies to raw images only");
+  if (qcow2 && o->plugin)
+    die("-f qcow2 over an nbdkit plugin is not supported");
+  if (!qcow2 && (o->snapshot_name || o->l2_cache_size || o->bitmaps_in_use))
+    die("-l, --l2-cache-size and --bitmaps need -f qcow2");
   if (o->detect_zeroes == DETECT_ZEROES_UNMAP && o->discard != DISCARD_UNMAP)
     die("--detect-zeroes=unmap needs --discard=unmap");
   if (o->socket_path && (o->port || o->bind))

@@ -15,7 +15,10 @@ struct options {
   const char *plugin;        /* --plugin: an nbdkit plugin name or path */
   const char *const *plugin_args;  /* its KEY=VALUE parameters */
   int nplugin_args;
-  const char *format;        /* NULL: probe (only raw is known) */
+  const char *format;        /* NULL: raw, unless the image is another format */
+  const char *snapshot_name; /* -l: a qcow2 internal snapshot */
+  const char *l2_cache_size; /* --l2-cache-size */
+  bool bitmaps_in_use;       /* --bitmaps=in-use */
   const char *socket_path;   /* -k */
   const char *port;          /* -p */
   const char *bind;          /* -b */

@@ -7,6 +7,7 @@ size=${BENCH_SIZE:-1G}
 dir=$(mktemp -d "${BENCH_DIR:-/var/tmp}/nbdstack-bench.XXXXXX")
 sock=$dir/sock
 img=$dir/disk.img
+fmt=raw    # the format start_server passes with -f, for $img
 results=$dir/results.tsv
 pid=
 
@@ -33,8 +34,8 @@ start_server() {
   local server=$1; shift
   rm -f "$sock"
   case $server in
-    nbdstack) "$nbdstack" -t -f raw -k "$sock" "$@" "$img" & pid=$! ;;
-    qemu-nbd) qemu-nbd -t -f raw -k "$sock" "$@" "$img" & pid=$! ;;
+    nbdstack) "$nbdstack" -t -f "$fmt" -k "$sock" "$@" "$img" & pid=$! ;;
+    qemu-nbd) qemu-nbd -t -f "$fmt" -k "$sock" "$@" "$img" & pid=$! ;;
     nbdkit)   nbdkit -f -U "$sock" "$@" file "$img" & pid=$! ;;
   esac
   for _ in $(seq 100); do [ -S "$sock" ] && return; sleep 0.05; done
