@@ -254,6 +254,14 @@ void qcow2_iov_to_buf(const struct iovec *iov, int iovcnt, uint64_t off,
 void qcow2_buf_to_iov(const uint8_t *buf, uint64_t len,
                       const struct iovec *iov, int iovcnt, uint64_t off);
 
+/* Extended L2: the allocation bits of subclusters first..last (the zero
+ * bits are these shifted left by 32). */
+static inline uint64_t
+qcow2_subcluster_bits(unsigned first, unsigned last)
+{
+  return ((UINT64_C(1) << (last + 1)) - 1) & ~((UINT64_C(1) << first) - 1);
+}
+
 static inline uint64_t
 qcow2_cluster_start(const struct qcow2 *q, uint64_t off)
 {

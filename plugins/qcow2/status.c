@@ -46,6 +46,37 @@ backing_status(struct qcow2 *q, struct nbds_req *req, uint64_t off,
   return 0;
 }
 
+/* A data run, as qemu-nbd reports it: where the image file has a hole
+ * under allocated clusters (preallocation=metadata), zero; else data. */
+static int
+file_status(struct qcow2 *q, struct nbds_req *req, uint64_t host,
+            uint64_t len)
+{
+  if (!q->file->caps.can_extents) {
+    nbds_extents_add(req->extents, len, 0);
+    return 0;
+  }
+  struct nbds_extent v[64];
+  struct nbds_extents ex = { .v = v, .cap = 64 };
+  struct nbds_req r = { .op = NBDS_OP_BLOCK_STATUS, .offset = host,
+                        .count = len, .extents = &ex };
+  int err = qcow2_io(q, q->file, &r);
+  if (err)
+    return err;
+  uint64_t covered = 0;
+  for (size_t i = 0; i < ex.count && covered < len; i++) {
+    uint64_t n = ex.v[i].length < len - covered ? ex.v[i].length
+                                                : len - covered;
+    if (!nbds_extents_add(req->extents, n,
+                          ex.v[i].flags & NBDS_EXTENT_ZERO))
+      return 0;
+    covered += n;
+  }
+  if (covered < len)
+    nbds_extents_add(req->extents, len - covered, 0);
+  return 0;
+}
+
 int
 qcow2_do_block_status(struct qcow2 *q, struct nbds_req *req)
 {
@@ -58,6 +89,9 @@ qcow2_do_block_status(struct qcow2 *q, struct nbds_req *req)
     uint64_t covered = req->extents->covered;
     switch (m.type) {
     case QCOW2_NORMAL:
+      if ((err = file_status(q, req, m.host, m.bytes)))
+        return err;
+      break;
     case QCOW2_COMPRESSED_DATA:
       nbds_extents_add(req->extents, m.bytes, 0);
       break;

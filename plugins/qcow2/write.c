@@ -141,8 +141,7 @@ write_subclusters(struct qcow2 *q, struct nbds_req *req, uint64_t req_off,
     return err;
   uint64_t bitmap;
   qcow2_l2_get(q, t, i, &bitmap);
-  uint64_t bits = ((UINT64_C(1) << (last + 1)) - 1) &
-                  ~((UINT64_C(1) << first) - 1);
+  uint64_t bits = qcow2_subcluster_bits(first, last);
   bitmap = (bitmap | bits) & ~(bits << 32);
   qcow2_l2_set(q, t, i, host_cluster | QCOW2_COPIED, bitmap);
   return 0;

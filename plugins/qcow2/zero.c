@@ -60,8 +60,7 @@ zero_subclusters(struct qcow2 *q, uint64_t guest, unsigned first,
   uint64_t entry = qcow2_l2_get(q, t, i, &bitmap);
   if (entry & QCOW2_COMPRESSED)
     return ENOTSUP;  /* the caller writes zeroes instead */
-  uint64_t bits = ((UINT64_C(1) << (last + 1)) - 1) &
-                  ~((UINT64_C(1) << first) - 1);
+  uint64_t bits = qcow2_subcluster_bits(first, last);
   if ((entry & QCOW2_OFFSET_MASK) && !(entry & QCOW2_COPIED))
     return ENOTSUP;
   qcow2_l2_set(q, t, i, entry, (bitmap & ~bits) | (bits << 32));
