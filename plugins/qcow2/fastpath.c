@@ -123,6 +123,8 @@ plan(struct qcow2 *q, struct nbds_req *req, struct run *runs, int *n)
   bool write = req->op == NBDS_OP_WRITE;
   uint64_t done = 0;
   *n = 0;
+  if (write && atomic_load(&q->corrupt))
+    return false;  /* the metadata thread refuses it */
   while (done < req->count) {
     struct qcow2_map m;
     if (*n == MAX_RUNS ||

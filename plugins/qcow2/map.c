@@ -64,6 +64,7 @@ qcow2_corrupt(struct qcow2 *q, const char *fmt, ...)
    * until it is repaired (qemu-img check -r). */
   nbds_log_error("qcow2: marking the image as corrupt: %s", msg);
   q->h.incompat |= QCOW2_INCOMPAT_CORRUPT;
+  atomic_store(&q->corrupt, true);
   if (qcow2_write_header_u64(q, QCOW2_OFF_INCOMPAT, q->h.incompat) == 0)
     qcow2_sync(q);
   return EIO;
@@ -128,6 +129,22 @@ qcow2_overlaps_metadata(struct qcow2 *q, uint64_t off, uint64_t len)
       overlap(off, len, q->h.snapshots_offset, q->cluster_size))
     return true;
   return q->reftable && overlaps_refblock(q, off, len);
+}
+
+bool
+qcow2_overlaps_data_target(struct qcow2 *q, uint64_t off, uint64_t len)
+{
+  if (qcow2_overlaps_metadata(q, off, len))
+    return true;
+  /* The L2 tables in the cache, as QEMU's default overlap check: a data
+   * cluster written there would be lost when the table is written back. */
+  bool hit = false;
+  pthread_mutex_lock(&q->lock);
+  for (uint64_t c = qcow2_cluster_start(q, off); c < off + len && !hit;
+       c += q->cluster_size)
+    hit = qcow2_cache_find(&q->l2, c) != NULL;
+  pthread_mutex_unlock(&q->lock);
+  return hit;
 }
 
 /* The type of entry i (subcluster sc) of table t, or -1 if invalid. */
@@ -232,7 +249,10 @@ qcow2_map_cached(struct qcow2 *q, uint64_t off, uint64_t max,
 
 /* A freshly read L2 table: entries pointing at the header or a table this
  * layer knows keep the fast path away (the metadata thread then refuses
- * them with a clear error). */
+ * them with a clear error).  An entry past everything the image holds (a
+ * truncated or hostile image; qemu-img check calls it an error) reads as
+ * zeroes, but its cluster has no honest refcount, so the allocator could
+ * hand it out again: a writable image is marked corrupt instead. */
 static void
 vet_table(struct qcow2 *q, struct qcow2_table *t)
 {
@@ -242,7 +262,14 @@ vet_table(struct qcow2 *q, struct qcow2_table *t)
     uint64_t e = qcow2_l2_get(q, t, i, &bitmap);
     if ((e & QCOW2_COMPRESSED) || !(e & QCOW2_OFFSET_MASK))
       continue;
-    if (qcow2_overlaps_metadata(q, e & QCOW2_OFFSET_MASK, q->cluster_size)) {
+    if ((e & QCOW2_OFFSET_MASK) >> q->cluster_bits >= q->end &&
+        !q->readonly && !atomic_load(&q->corrupt)) {
+      qcow2_corrupt(q, "L2 entry %#" PRIx64 " points past the end of the "
+                    "image file", e);
+      t->suspect = true;
+    }
+    if (qcow2_overlaps_data_target(q, e & QCOW2_OFFSET_MASK,
+                                   q->cluster_size)) {
       t->suspect = true;
       return;
     }

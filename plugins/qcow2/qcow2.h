@@ -74,6 +74,7 @@ struct qcow2 {
   bool snapshot_view;          /* -l: serving an internal snapshot */
   uint64_t size;               /* virtual size served */
   bool allow_bitmaps;          /* writes mark persistent bitmaps in use */
+  atomic_bool corrupt;         /* marked corrupt while open: no more writes */
 
   /* Geometry. */
   unsigned cluster_bits;
@@ -214,9 +215,11 @@ uint64_t qcow2_l1_get(struct qcow2 *q, uint64_t index);
  * image is writable mark it corrupt as QEMU does.  Returns EIO. */
 int qcow2_corrupt(struct qcow2 *q, const char *fmt, ...)
   __attribute__((format(printf, 2, 3)));
-/* Is a data write to [off, off+len) on the image file safe: not over the
- * header or any table this layer knows? */
+/* Does [off, off+len) of the image file overlap the header or a table this
+ * layer knows (refcount blocks included)?  Not the L2 tables: see below. */
 bool qcow2_overlaps_metadata(struct qcow2 *q, uint64_t off, uint64_t len);
+/* The same, and the cached L2 tables: where data may not be written. */
+bool qcow2_overlaps_data_target(struct qcow2 *q, uint64_t off, uint64_t len);
 
 /* ---- read.c ---- */
 int qcow2_read_compressed(struct qcow2 *q, uint64_t entry, uint8_t *out);

@@ -127,12 +127,35 @@ qcow2_refcount_get(struct qcow2 *q, uint64_t cluster, uint64_t *value)
 static int grow_reftable(struct qcow2 *q, uint64_t min_entries);
 
 /* A new refcount block for range ri, appended at the end of the image. */
+/* n free clusters at the end of the image: past q->end, skipping any a
+ * truncated image still counts (its refcounts can point past the end of
+ * the file). */
+static int
+take_end(struct qcow2 *q, uint64_t n, uint64_t *first)
+{
+  uint64_t run = 0, c = q->end;
+  while (run < n) {
+    uint64_t v;
+    int err = qcow2_refcount_get(q, c, &v);
+    if (err)
+      return err;
+    run = v ? 0 : run + 1;
+    c++;
+  }
+  *first = c - n;
+  q->end = c;
+  return 0;
+}
+
 static int
 new_refblock(struct qcow2 *q, uint64_t ri)
 {
-  uint64_t b = q->end++;
+  uint64_t b;
+  int err = take_end(q, 1, &b);
+  if (err)
+    return err;
   struct qcow2_table *t;
-  int err = qcow2_cache_new(q, &q->refblocks, b << q->cluster_bits, &t);
+  err = qcow2_cache_new(q, &q->refblocks, b << q->cluster_bits, &t);
   if (err)
     return err;
   q->reftable[ri] = b << q->cluster_bits;
@@ -220,8 +243,12 @@ grow_reftable(struct qcow2 *q, uint64_t min_entries)
 
   uint64_t old_offset = q->reftable_offset;
   uint64_t old_bytes = q->reftable_entries * 8;
-  uint64_t first = q->end;
-  q->end += clusters;
+  uint64_t first;
+  int err = take_end(q, clusters, &first);
+  if (err) {
+    free(table);
+    return err;
+  }
   free(q->reftable);
   q->reftable = table;
   q->reftable_entries = entries;
@@ -229,7 +256,6 @@ grow_reftable(struct qcow2 *q, uint64_t min_entries)
   q->reftable_dirty = true;
   q->refblock_index_stale = true;
 
-  int err = 0;
   for (uint64_t c = first; c < first + clusters && !err; c++)
     err = qcow2_refcount_set(q, c, 1);
   bool wrote;
@@ -255,7 +281,7 @@ qcow2_alloc_clusters(struct qcow2 *q, uint64_t n, uint64_t *offset,
                      bool *zeroed)
 {
   uint64_t old_end = q->end;
-  uint64_t start = q->end, run = 0, first_free = UINT64_MAX;
+  uint64_t start = UINT64_MAX, run = 0, first_free = UINT64_MAX;
   for (uint64_t c = q->free_hint; c < q->end; c++) {
     uint64_t v;
     int err = qcow2_refcount_get(q, c, &v);
@@ -272,10 +298,11 @@ qcow2_alloc_clusters(struct qcow2 *q, uint64_t n, uint64_t *offset,
       break;
     }
   }
-  if (start == q->end && run > 0)
-    start = q->end - run;  /* a free tail: extend it */
-  if (start + n > q->end)
-    q->end = start + n;
+  if (start == UINT64_MAX) {
+    int err = take_end(q, n, &start);
+    if (err)
+      return err;
+  }
   if (first_free == UINT64_MAX || first_free == start)
     q->free_hint = start + n;
   else

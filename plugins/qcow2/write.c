@@ -49,7 +49,7 @@ write_merged(struct qcow2 *q, struct nbds_req *req, uint64_t req_off,
   uint64_t head = guest - rs, tail = re - (guest + len);
   uint64_t cstart = qcow2_cluster_start(q, guest);
   uint64_t host = target + (rs - cstart);
-  if (qcow2_overlaps_metadata(q, host, re - rs))
+  if (qcow2_overlaps_data_target(q, host, re - rs))
     return qcow2_corrupt(q, "data write at %#" PRIx64 " would overwrite "
                          "metadata", host);
   uint8_t *buf = NULL;
@@ -184,6 +184,8 @@ write_in_cluster(struct qcow2 *q, struct nbds_req *req, uint64_t req_off,
 int
 qcow2_do_write(struct qcow2 *q, struct nbds_req *req)
 {
+  if (atomic_load(&q->corrupt))
+    return EIO;  /* as QEMU: nothing more is written to a corrupt image */
   uint64_t done = 0;
   int err = 0;
   while (done < req->count && !err) {
@@ -194,7 +196,7 @@ qcow2_do_write(struct qcow2 *q, struct nbds_req *req)
     if (err)
       break;
     if (m.type == QCOW2_NORMAL && m.copied) {
-      if (qcow2_overlaps_metadata(q, m.host, m.bytes)) {
+      if (qcow2_overlaps_data_target(q, m.host, m.bytes)) {
         err = qcow2_corrupt(q, "data write at %#" PRIx64 " would overwrite "
                             "metadata", m.host);
         break;

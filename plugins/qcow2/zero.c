@@ -146,6 +146,8 @@ zero_partial(struct qcow2 *q, struct nbds_req *req, uint64_t guest,
 int
 qcow2_do_zero(struct qcow2 *q, struct nbds_req *req)
 {
+  if (atomic_load(&q->corrupt))
+    return EIO;
   bool keep = (req->flags & NBDS_F_NO_HOLE) && req->op == NBDS_OP_ZERO;
   uint64_t pos = req->offset, end = req->offset + req->count;
   int err = 0;
