@@ -45,6 +45,7 @@ if grep -E "ERROR: (Address|Leak)Sanitizer|runtime error:" \
   echo "sanitizer reports found (see build-sanitize/meson-logs/testlog.txt)"
   status=1
 fi
+bash tests/fuzz/run.sh || [ $? = 77 ] || status=1; results+=(build-fuzz/fuzz-testlog.json)
 
 python3 - "$win32_log" "${results[@]}" <<'PY'
 import json, re, sys
