@@ -25,8 +25,7 @@ hash_of(const struct qcow2_cache *c, uint64_t offset)
 }
 
 int
-qcow2_cache_init(struct qcow2_cache *c, size_t nslots, uint64_t cluster_size,
-                 const char *what)
+qcow2_cache_init(struct qcow2_cache *c, size_t nslots, const char *what)
 {
   memset(c, 0, sizeof *c);
   c->what = what;
@@ -40,8 +39,7 @@ qcow2_cache_init(struct qcow2_cache *c, size_t nslots, uint64_t cluster_size,
     nbds_error("qcow2: out of memory for the %s cache", what);
     return -1;
   }
-  (void) cluster_size;  /* tables are allocated when first used */
-  return 0;
+  return 0;  /* each table's bytes are allocated when it is first used */
 }
 
 void

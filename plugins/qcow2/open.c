@@ -223,7 +223,7 @@ init_l2_cache(struct qcow2 *q, const char *setting)
   uint64_t slots = bytes >> q->cluster_bits;
   if (slots < 4)
     slots = 4;  /* the metadata thread holds at most two at a time */
-  return qcow2_cache_init(&q->l2, slots, q->cluster_size, "L2 table");
+  return qcow2_cache_init(&q->l2, slots, "L2 table");
 }
 
 int

@@ -142,8 +142,7 @@ int qcow2_backing_read(struct qcow2 *q, struct iovec *iov, int iovcnt,
                        uint64_t off, uint64_t len);
 
 /* ---- cache.c ---- */
-int qcow2_cache_init(struct qcow2_cache *c, size_t nslots,
-                     uint64_t cluster_size, const char *what);
+int qcow2_cache_init(struct qcow2_cache *c, size_t nslots, const char *what);
 void qcow2_cache_destroy(struct qcow2_cache *c);
 struct qcow2_table *qcow2_cache_find(struct qcow2_cache *c, uint64_t offset);
 /* Get the table at offset, reading it on a miss (metadata thread). */

@@ -40,8 +40,7 @@ qcow2_refcount_load(struct qcow2 *q)
   free(raw);
   q->reftable_offset = q->h.reftable_offset;
   q->refblock_index_stale = true;
-  if (qcow2_cache_init(&q->refblocks, 32, q->cluster_size,
-                       "refcount block") == -1)
+  if (qcow2_cache_init(&q->refblocks, 32, "refcount block") == -1)
     return -1;
   return 0;
 }

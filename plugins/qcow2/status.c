@@ -7,43 +7,50 @@
 
 #include "qcow2.h"
 
-/* Extents of the backing file for guest [off, off+len). */
+/* Ask layer l for the extents of [off, off+len) and add them to req's
+ * list, keeping only the flags in `keep`; what l does not describe (no
+ * block status, or a short answer) is data. */
+static int
+add_extents_of(struct qcow2 *q, struct nbds_layer *l, struct nbds_req *req,
+               uint64_t off, uint64_t len, uint32_t keep)
+{
+  struct nbds_extent v[64];
+  struct nbds_extents ex = { .v = v, .cap = 64 };
+  struct nbds_req r = { .op = NBDS_OP_BLOCK_STATUS, .offset = off,
+                        .count = len, .extents = &ex,
+                        .flags = req->flags & NBDS_F_REQ_ONE };
+  if (l->caps.can_extents) {
+    int err = qcow2_io(q, l, &r);
+    if (err)
+      return err;
+  }
+  uint64_t covered = 0;
+  for (size_t i = 0; i < ex.count && covered < len; i++) {
+    uint64_t n = ex.v[i].length < len - covered ? ex.v[i].length
+                                                : len - covered;
+    if (!nbds_extents_add(req->extents, n, ex.v[i].flags & keep))
+      return 0;
+    covered += n;
+  }
+  if (covered < len)
+    nbds_extents_add(req->extents, len - covered, 0);
+  return 0;
+}
+
+/* Unallocated clusters over a backing file: what the backing file says,
+ * hole+zero past its end. */
 static int
 backing_status(struct qcow2 *q, struct nbds_req *req, uint64_t off,
                uint64_t len)
 {
   const uint32_t none = NBDS_EXTENT_HOLE | NBDS_EXTENT_ZERO;
-  if (off >= q->backing_size) {
-    nbds_extents_add(req->extents, len, none);
-    return 0;
-  }
-  uint64_t in = q->backing_size - off;
+  uint64_t in = off < q->backing_size ? q->backing_size - off : 0;
   if (in > len)
     in = len;
-  struct nbds_extent v[64];
-  struct nbds_extents ex = { .v = v, .cap = 64 };
-  struct nbds_req r = { .op = NBDS_OP_BLOCK_STATUS, .offset = off,
-                        .count = in, .extents = &ex,
-                        .flags = req->flags & NBDS_F_REQ_ONE };
-  if (q->backing->caps.can_extents) {
-    int err = qcow2_io(q, q->backing, &r);
-    if (err)
-      return err;
-  }
-  uint64_t covered = 0;
-  for (size_t i = 0; i < ex.count && covered < in; i++) {
-    uint64_t n = ex.v[i].length;
-    if (n > in - covered)
-      n = in - covered;
-    if (!nbds_extents_add(req->extents, n, ex.v[i].flags))
-      return 0;
-    covered += n;
-  }
-  if (covered < in)  /* a backing file without block status: data */
-    nbds_extents_add(req->extents, in - covered, 0);
-  if (in < len)
+  int err = in ? add_extents_of(q, q->backing, req, off, in, none) : 0;
+  if (!err && in < len)
     nbds_extents_add(req->extents, len - in, none);
-  return 0;
+  return err;
 }
 
 /* A data run, as qemu-nbd reports it: where the image file has a hole
@@ -52,29 +59,7 @@ static int
 file_status(struct qcow2 *q, struct nbds_req *req, uint64_t host,
             uint64_t len)
 {
-  if (!q->file->caps.can_extents) {
-    nbds_extents_add(req->extents, len, 0);
-    return 0;
-  }
-  struct nbds_extent v[64];
-  struct nbds_extents ex = { .v = v, .cap = 64 };
-  struct nbds_req r = { .op = NBDS_OP_BLOCK_STATUS, .offset = host,
-                        .count = len, .extents = &ex };
-  int err = qcow2_io(q, q->file, &r);
-  if (err)
-    return err;
-  uint64_t covered = 0;
-  for (size_t i = 0; i < ex.count && covered < len; i++) {
-    uint64_t n = ex.v[i].length < len - covered ? ex.v[i].length
-                                                : len - covered;
-    if (!nbds_extents_add(req->extents, n,
-                          ex.v[i].flags & NBDS_EXTENT_ZERO))
-      return 0;
-    covered += n;
-  }
-  if (covered < len)
-    nbds_extents_add(req->extents, len - covered, 0);
-  return 0;
+  return add_extents_of(q, q->file, req, host, len, NBDS_EXTENT_ZERO);
 }
 
 int

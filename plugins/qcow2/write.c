@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "qcow2.h"
+#include "zero.h"
 
 int
 qcow2_release_entry(struct qcow2 *q, uint64_t entry)
@@ -24,15 +25,6 @@ qcow2_release_entry(struct qcow2 *q, uint64_t entry)
   }
   uint64_t host = entry & QCOW2_OFFSET_MASK;
   return host ? qcow2_free_later(q, host, q->cluster_size) : 0;
-}
-
-static bool
-all_zero(const uint8_t *p, uint64_t n)
-{
-  for (uint64_t i = 0; i < n; i++)
-    if (p[i])
-      return false;
-  return true;
 }
 
 /* Write guest [rs, re) to host cluster `target` at the same position in
@@ -65,7 +57,7 @@ write_merged(struct qcow2 *q, struct nbds_req *req, uint64_t req_off,
       free(buf);
       return err;
     }
-    if (zeroed && all_zero(buf, head + tail)) {
+    if (zeroed && buffer_is_zero(buf, head + tail)) {
       host += head;
       head = tail = 0;
     }
