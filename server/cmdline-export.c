@@ -1,7 +1,8 @@
 /* From command-line options to a stack of layers:
  *
- *   raw (-o) or qcow2  →  blockcache (--block-cache, optional)
- *             →  cachepolicy (--cache)  →  file (direct I/O per --cache)
+ *   [qcow2 temporary overlay (-s)]
+ *     →  raw (-o) or qcow2  →  blockcache (--block-cache, optional)
+ *     →  cachepolicy (--cache)  →  file (direct I/O per --cache)
  *
  * The cache mode acts at three depths: direct I/O is how the protocol
  * layer opens the file, no-flush is the cachepolicy layer, and the write
@@ -44,12 +45,19 @@ push(const char *type, struct nbds_layer *below, const struct kvs *k)
   return l;
 }
 
+/* With -s the image is only read: writes go to the overlay. */
+static const char *
+image_readonly(const struct options *o)
+{
+  return o->readonly || o->temp_overlay ? "on" : "off";
+}
+
 static struct nbds_layer *
 open_file(const struct options *o, bool uring, bool direct)
 {
   struct kvs k = { .n = 0 };
   kv_add(&k, "file", o->image);
-  kv_add(&k, "readonly", o->readonly ? "on" : "off");
+  kv_add(&k, "readonly", image_readonly(o));
   kv_add(&k, "aio", uring ? "io_uring" : "threads");
   kv_add(&k, "direct", direct ? "on" : NULL);
   return nbds_layer_open("file", NULL, k.v, k.n);
@@ -81,7 +89,7 @@ open_plugin(const struct options *o)
     exit(EXIT_FAILURE);
   }
   kv[0] = (struct nbds_kv) { "plugin", o->plugin };
-  kv[1] = (struct nbds_kv) { "readonly", o->readonly ? "on" : "off" };
+  kv[1] = (struct nbds_kv) { "readonly", image_readonly(o) };
   for (int i = 0; i < o->nplugin_args; i++) {
     const char *arg = o->plugin_args[i];
     const char *eq = strchr(arg, '=');
@@ -130,7 +138,7 @@ open_protocol(const struct options *o, bool uring, const char **mode)
       return open_plugin(o);
     struct kvs k = { .n = 0 };
     kv_add(&k, "uri", o->image);
-    kv_add(&k, "readonly", o->readonly ? "on" : "off");
+    kv_add(&k, "readonly", image_readonly(o));
     struct nbds_layer *nbd = nbds_layer_open("nbd", NULL, k.v, k.n);
     if (!nbd) {
       nbds_log_error("%s", nbds_last_error());
@@ -171,7 +179,7 @@ push_qcow2(const struct options *o, struct nbds_layer *below, bool uring,
   struct kvs q = { .n = 0 };
   if (!cmdline_image_is_uri(o->image))
     kv_add(&q, "file", o->image);
-  kv_add(&q, "readonly", o->readonly ? "on" : "off");
+  kv_add(&q, "readonly", image_readonly(o));
   kv_add(&q, "snapshot", o->snapshot_name);
   kv_add(&q, "l2-cache-size", o->l2_cache_size);
   kv_add(&q, "bitmaps", o->bitmaps_in_use ? "in-use" : NULL);
@@ -211,6 +219,14 @@ cmdline_export_open(const struct options *o, bool uring)
     top = push("raw", top, &raw);
   }
 
+  if (o->temp_overlay) {
+    struct kvs ov = { .n = 0 };
+    kv_add(&ov, "overlay", "on");
+    kv_add(&ov, "readonly", o->readonly ? "on" : "off");
+    kv_add(&ov, "aio", uring ? "io_uring" : "threads");
+    top = push("qcow2", top, &ov);
+  }
+
   struct export *e = calloc(1, sizeof *e);
   if (!e || !(e->name = strdup(o->export_name)) ||
       (o->description && !(e->description = strdup(o->description)))) {
@@ -219,6 +235,7 @@ cmdline_export_open(const struct options *o, bool uring)
   }
   e->top = top;
   e->readonly = o->readonly;
+  e->alloc_depth = o->allocation_depth;
   /* A flush covers every connection, but with -e 1 a second connection
    * would wait in the backlog: advertise multi-conn only when clients can
    * really open several, as qemu-nbd does. */

@@ -19,6 +19,7 @@ struct export {
   bool readonly;
   bool multi_conn;         /* advertise CAN_MULTI_CONN */
   bool write_cache;        /* false: every write is FUA (writethrough) */
+  bool alloc_depth;        /* offer qemu:allocation-depth (-A) */
   enum discard_mode discard;
   enum detect_zeroes detect_zeroes;
 };

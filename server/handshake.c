@@ -65,10 +65,9 @@ static void
 enter_transmission(struct conn *c, struct export *e)
 {
   struct handshake *hs = &c->hs;
-  bool base_allocation =
-    hs->meta_base_allocation && hs->meta_export &&
-    strcmp(hs->meta_export, e->name) == 0;
-  tx_start(c, e, hs->structured, base_allocation);
+  bool same = hs->meta_export && strcmp(hs->meta_export, e->name) == 0;
+  tx_start(c, e, hs->structured, same && hs->meta_base_allocation,
+           same && hs->meta_alloc_depth);
 }
 
 static void
@@ -157,22 +156,39 @@ opt_list(struct conn *c, uint32_t len)
   send_reply(c, NBD_OPT_LIST, NBD_REP_ACK, NULL, 0);
 }
 
-/* Which of our contexts a query names: base:allocation itself, or, when
- * listing, the namespace "base:". */
+/* Which of our contexts a query names: a context itself, or, when
+ * listing, its namespace ("base:", "qemu:"). */
 struct meta_walk {
   bool list;
-  bool match;
+  bool base;
+  bool depth;
 };
+
+static bool
+names(const uint8_t *q, uint32_t qlen, const char *ctx, bool list)
+{
+  size_t ns = strchr(ctx, ':') - ctx + 1;
+  return (qlen == strlen(ctx) && memcmp(q, ctx, qlen) == 0) ||
+         (list && qlen == ns && memcmp(q, ctx, ns) == 0);
+}
 
 static void
 meta_query(void *opaque, const uint8_t *q, uint32_t qlen)
 {
   struct meta_walk *w = opaque;
-  static const char ctx[] = NBD_META_BASE_ALLOCATION;
-  if (qlen == sizeof ctx - 1 && memcmp(q, ctx, qlen) == 0)
-    w->match = true;
-  else if (w->list && qlen == 5 && memcmp(q, "base:", 5) == 0)
-    w->match = true;
+  w->base |= names(q, qlen, NBD_META_BASE_ALLOCATION, w->list);
+  w->depth |= names(q, qlen, NBD_META_ALLOCATION_DEPTH, w->list);
+}
+
+/* NBD_REP_META_CONTEXT for one context: its id, or 0 when listing. */
+static void
+send_context(struct conn *c, uint32_t opt, uint32_t id, const char *name)
+{
+  uint8_t buf[4 + 64];
+  size_t len = strlen(name);
+  put_be32(buf, opt == NBD_OPT_LIST_META_CONTEXT ? 0 : id);
+  memcpy(buf + 4, name, len);
+  send_reply(c, opt, NBD_REP_META_CONTEXT, buf, 4 + len);
 }
 
 static void
@@ -183,7 +199,7 @@ opt_meta_context(struct conn *c, uint32_t opt, const uint8_t *p,
   bool list = opt == NBD_OPT_LIST_META_CONTEXT;
   if (!list) {
     /* SET replaces the selection even when it fails. */
-    hs->meta_base_allocation = false;
+    hs->meta_base_allocation = hs->meta_alloc_depth = false;
     free(hs->meta_export);
     hs->meta_export = NULL;
   }
@@ -204,22 +220,22 @@ opt_meta_context(struct conn *c, uint32_t opt, const uint8_t *p,
     return;
   }
   if (list && mr.nqueries == 0)
-    w.match = true;  /* an empty LIST asks for everything */
-  if (!e->top->caps.can_extents)
-    w.match = false;
-  if (w.match) {
-    uint8_t buf[4 + sizeof NBD_META_BASE_ALLOCATION];
-    put_be32(buf, list ? 0 : NBD_META_ID_BASE_ALLOCATION);
-    memcpy(buf + 4, NBD_META_BASE_ALLOCATION,
-           sizeof NBD_META_BASE_ALLOCATION - 1);
-    send_reply(c, opt, NBD_REP_META_CONTEXT, buf, sizeof buf - 1);
-    if (!list) {
-      hs->meta_base_allocation = true;
-      hs->meta_export = strdup(e->name);
-      if (!hs->meta_export) {
-        conn_kill(c);
-        return;
-      }
+    w.base = w.depth = true;  /* an empty LIST asks for everything */
+  w.base &= e->top->caps.can_extents;
+  w.depth &= e->alloc_depth;
+  if (w.base)
+    send_context(c, opt, NBD_META_ID_BASE_ALLOCATION,
+                 NBD_META_BASE_ALLOCATION);
+  if (w.depth)
+    send_context(c, opt, NBD_META_ID_ALLOCATION_DEPTH,
+                 NBD_META_ALLOCATION_DEPTH);
+  if (!list && (w.base || w.depth)) {
+    hs->meta_base_allocation = w.base;
+    hs->meta_alloc_depth = w.depth;
+    hs->meta_export = strdup(e->name);
+    if (!hs->meta_export) {
+      conn_kill(c);
+      return;
     }
   }
   send_reply(c, opt, NBD_REP_ACK, NULL, 0);

@@ -15,6 +15,7 @@ struct handshake {
   /* The last SET_META_CONTEXT: which export it named, what it selected. */
   char *meta_export;
   bool meta_base_allocation;
+  bool meta_alloc_depth;
   /* An option whose payload is too large to parse, being drained. */
   uint32_t draining_option;
 };

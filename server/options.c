@@ -28,7 +28,7 @@ enum {
   OPT_BITMAPS,
 };
 
-static const char short_opts[] = "hVf:k:p:b:x:D:rte:o:nvl:";
+static const char short_opts[] = "hVf:k:p:b:x:D:rte:o:nvl:sA";
 static const struct option long_opts[] = {
   { "help", no_argument, NULL, 'h' },
   { "version", no_argument, NULL, 'V' },
@@ -43,6 +43,8 @@ static const struct option long_opts[] = {
   { "shared", required_argument, NULL, 'e' },
   { "offset", required_argument, NULL, 'o' },
   { "load-snapshot", required_argument, NULL, 'l' },
+  { "snapshot", no_argument, NULL, 's' },
+  { "allocation-depth", no_argument, NULL, 'A' },
   { "l2-cache-size", required_argument, NULL, OPT_L2_CACHE_SIZE },
   { "bitmaps", required_argument, NULL, OPT_BITMAPS },
   { "nocache", no_argument, NULL, 'n' },
@@ -88,6 +90,7 @@ usage(void)
 "  -t, --persistent          don't exit when the last client leaves\n"
 "  -x, --export-name=NAME    export name (default: the empty string)\n"
 "  -D, --description=TEXT    human-readable export description\n"
+"  -A, --allocation-depth    offer the qemu:allocation-depth meta context\n"
 "  -v, --verbose             log every connection and failed request\n"
 "      --fork                run in the background once ready to serve\n"
 "      --pid-file=PATH       write the process ID to PATH once listening\n"
@@ -100,6 +103,9 @@ usage(void)
 "  -f, --format=FORMAT       image format: raw or qcow2 (never guessed)\n"
 "  -r, --read-only           export read-only\n"
 "  -o, --offset=OFFSET       export the image from byte OFFSET on (raw)\n"
+"  -s, --snapshot            write to a temporary qcow2 overlay over the\n"
+"                            image (in $TMPDIR, default /var/tmp), which\n"
+"                            is discarded at exit; the image is not written\n"
 "  -l, --load-snapshot=NAME  serve the qcow2 internal snapshot NAME (or ID),\n"
 "                            read-only\n"
 "      --l2-cache-size=SIZE  qcow2 L2 cache (default: the whole image, at\n"
@@ -178,6 +184,12 @@ options_parse(int argc, char **argv, struct options *o)
     case 'l':
       o->snapshot_name = optarg;
       o->readonly = true;  /* as qemu-nbd: a snapshot is served read-only */
+      break;
+    case 's':
+      o->temp_overlay = true;
+      break;
+    case 'A':
+      o->allocation_depth = true;
       break;
     case OPT_L2_CACHE_SIZE:
       o->l2_cache_size = optarg;

@@ -17,6 +17,8 @@ struct options {
   int nplugin_args;
   const char *format;        /* NULL: raw, unless the image is another format */
   const char *snapshot_name; /* -l: a qcow2 internal snapshot */
+  bool temp_overlay;         /* -s: writes go to a temporary overlay */
+  bool allocation_depth;     /* -A: offer qemu:allocation-depth */
   const char *l2_cache_size; /* --l2-cache-size */
   bool bitmaps_in_use;       /* --bitmaps=in-use */
   const char *socket_path;   /* -k */

@@ -59,7 +59,7 @@ is_advertised(const struct nbd_tx_state *st, uint16_t type)
   case NBD_CMD_CACHE:
     return st->eflags & NBD_FLAG_SEND_CACHE;
   case NBD_CMD_BLOCK_STATUS:
-    return st->structured && st->base_allocation;
+    return st->structured && (st->base_allocation || st->alloc_depth);
   default:
     return false;
   }

@@ -105,9 +105,12 @@
 #define NBD_REQUEST_SIZE 28
 #define NBD_MAX_STRING   4096
 
-/* The one meta context we offer, and the id it gets on this server. */
+/* The meta contexts we offer, and the ids they get on this server.
+ * qemu:allocation-depth only with -A, as qemu-nbd. */
 #define NBD_META_BASE_ALLOCATION "base:allocation"
 #define NBD_META_ID_BASE_ALLOCATION 1u
+#define NBD_META_ALLOCATION_DEPTH "qemu:allocation-depth"
+#define NBD_META_ID_ALLOCATION_DEPTH 2u
 
 /* Big-endian access. */
 static inline uint16_t get_be16(const uint8_t *p)
@@ -142,6 +145,7 @@ struct nbd_tx_state {
   uint16_t eflags;         /* transmission flags sent to this client */
   bool structured;         /* structured replies negotiated */
   bool base_allocation;    /* base:allocation selected for this export */
+  bool alloc_depth;        /* qemu:allocation-depth selected */
   uint64_t size;
   uint32_t block_min;
   uint32_t block_max;

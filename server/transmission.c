@@ -32,7 +32,8 @@ struct treq {
   uint8_t *buf;               /* READ/WRITE data */
   size_t buf_cap;
   struct iovec data_iov;
-  struct nbds_extents ext;
+  struct nbds_extents ext;    /* BLOCK_STATUS: base:allocation */
+  struct nbds_extents depth;  /* BLOCK_STATUS: qemu:allocation-depth */
   struct iovec iov_inline[3];
   struct iovec *iov;          /* reply iovecs: iov_inline or heap */
   uint8_t hdr_inline[96];     /* fits any one header, or an error chunk */
@@ -54,7 +55,7 @@ treq_get(struct conn *c)
   }
   t->iov = t->iov_inline;
   t->hdr = t->hdr_inline;
-  t->ext.v = NULL;
+  t->ext.v = t->depth.v = NULL;
   tx->inflight++;
   return t;
 }
@@ -81,7 +82,8 @@ treq_sent(struct outmsg *m)
   if (t->hdr != t->hdr_inline)
     free(t->hdr);
   free(t->ext.v);
-  t->ext.v = NULL;
+  free(t->depth.v);
+  t->ext.v = t->depth.v = NULL;
   if (t->buf) {
     bufpool_put(t->buf, t->buf_cap);
     t->buf = NULL;
@@ -277,43 +279,69 @@ reply_read_structured(struct treq *t)
   set_msg(t, niov);
 }
 
-static void
-reply_block_status(struct treq *t)
+/* Trim a context's extents to the request (to one with REQ_ONE).  A layer
+ * that said nothing gets one extent of `fill`, which is always safe:
+ * "allocated data" for base:allocation, depth 1 for allocation depth. */
+static size_t
+trim_extents(struct nbds_extents *ex, uint64_t want, bool one, uint32_t fill)
 {
-  struct nbds_extents *ex = &t->ext;
-  uint64_t want = t->nr.count;
   size_t n = 0;
   uint64_t covered = 0;
-  /* Trim to the request; with REQ_ONE keep one extent. */
   while (n < ex->count && covered < want) {
     uint64_t len = ex->v[n].length;
     if (len > want - covered)
       ex->v[n].length = len = want - covered;
     covered += len;
     n++;
-    if (t->nr.flags & NBD_CMD_FLAG_REQ_ONE)
+    if (one)
       break;
   }
   if (n == 0) {
-    /* A layer that said nothing: "allocated data" is always safe. */
-    ex->v[0] = (struct nbds_extent) { want, 0 };
+    ex->v[0] = (struct nbds_extent) { want, fill };
     n = 1;
   }
+  return n;
+}
+
+/* One BLOCK_STATUS chunk for context `id`; returns its length. */
+static size_t
+put_status_chunk(uint8_t *p, uint16_t flags, uint64_t cookie, uint32_t id,
+                 const struct nbds_extents *ex, size_t n, uint32_t mask)
+{
   size_t plen = 4 + 8 * n;
-  uint8_t *p = malloc(20 + plen);
+  put_chunk_header(p, flags, NBD_REPLY_TYPE_BLOCK_STATUS, cookie, plen);
+  put_be32(p + 20, id);
+  for (size_t i = 0; i < n; i++) {
+    put_be32(p + 24 + 8 * i, (uint32_t) ex->v[i].length);
+    put_be32(p + 28 + 8 * i, ex->v[i].flags & mask);
+  }
+  return 20 + plen;
+}
+
+/* One chunk per selected context, the last one flagged DONE. */
+static void
+reply_block_status(struct treq *t)
+{
+  const struct nbd_tx_state *st = &t->c->tx.st;
+  uint64_t want = t->nr.count;
+  bool one = t->nr.flags & NBD_CMD_FLAG_REQ_ONE;
+  size_t nb = st->base_allocation ? trim_extents(&t->ext, want, one, 0) : 0;
+  size_t nd = st->alloc_depth ? trim_extents(&t->depth, want, one, 1) : 0;
+  size_t len = (nb ? 24 + 8 * nb : 0) + (nd ? 24 + 8 * nd : 0);
+  uint8_t *p = malloc(len);
   if (!p) {
     reply_error_chunk(t, NBD_ENOMEM);
     return;
   }
   t->hdr = p;
-  put_chunk_header(p, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS,
-                   t->nr.cookie, plen);
-  put_be32(p + 20, NBD_META_ID_BASE_ALLOCATION);
-  for (size_t i = 0; i < n; i++) {
-    put_be32(p + 24 + 8 * i, (uint32_t) ex->v[i].length);
-    put_be32(p + 28 + 8 * i, ex->v[i].flags & (NBDS_EXTENT_HOLE | NBDS_EXTENT_ZERO));
-  }
-  t->iov[0] = (struct iovec) { p, 20 + plen };
+  if (nb)
+    p += put_status_chunk(p, nd ? 0 : NBD_REPLY_FLAG_DONE, t->nr.cookie,
+                          NBD_META_ID_BASE_ALLOCATION, &t->ext, nb,
+                          NBDS_EXTENT_HOLE | NBDS_EXTENT_ZERO);
+  if (nd)
+    put_status_chunk(p, NBD_REPLY_FLAG_DONE, t->nr.cookie,
+                     NBD_META_ID_ALLOCATION_DEPTH, &t->depth, nd, UINT32_MAX);
+  t->iov[0] = (struct iovec) { t->hdr, len };
   set_msg(t, 1);
 }
 
@@ -336,11 +364,18 @@ send_reply(struct treq *t, uint32_t err)
   conn_send(c, &t->out);
 }
 
+static void submit_depth(struct treq *t);
+
 static void
 request_done(struct nbds_req *req, int err)
 {
   struct treq *t = (struct treq *) req;
   struct conn *c = t->c;
+  if (!err && t->depth.v && !(req->flags & NBDS_F_DEPTH) &&
+      req->op == NBDS_OP_BLOCK_STATUS) {
+    submit_depth(t);  /* base:allocation done: now the depth walk */
+    return;
+  }
   conn_enter(c);
   if (err && err != ENOTSUP && err != ENOSPC && err != EDQUOT)
     nbds_log_error("%s: %s at %llu+%u failed: %s", c->peer,
@@ -348,6 +383,43 @@ request_done(struct nbds_req *req, int err)
                    t->nr.count, strerror(err));
   send_reply(t, nbd_errno_to_wire(err));
   conn_leave(c);
+}
+
+/* The qemu:allocation-depth walk of a BLOCK_STATUS request.  A stack that
+ * keeps no backing chain has everything at depth 1, the reply's fill. */
+static void
+submit_depth(struct treq *t)
+{
+  struct nbds_req *r = &t->req;
+  struct export *e = t->c->tx.exp;
+  if (!e->top->caps.can_alloc_depth) {
+    conn_enter(t->c);
+    send_reply(t, 0);
+    conn_leave(t->c);
+    return;
+  }
+  memset(r, 0, sizeof *r);
+  r->op = NBDS_OP_BLOCK_STATUS;
+  r->flags = NBDS_F_DEPTH;
+  if (t->nr.flags & NBD_CMD_FLAG_REQ_ONE)
+    r->flags |= NBDS_F_REQ_ONE;
+  r->offset = t->nr.offset;
+  r->count = t->nr.count;
+  r->extents = &t->depth;
+  r->done = request_done;
+  export_submit(e, r);
+}
+
+/* Room for an extent per 512 bytes, up to the reply's limit. */
+static bool
+alloc_extents(struct nbds_extents *ex, const struct nbd_request *nr)
+{
+  size_t cap = (nr->flags & NBD_CMD_FLAG_REQ_ONE) ? 1 : nr->count / 512 + 1;
+  if (cap > MAX_EXTENTS)
+    cap = MAX_EXTENTS;
+  *ex = (struct nbds_extents) { .v = malloc(cap * sizeof *ex->v),
+                                .cap = cap };
+  return ex->v != NULL;
 }
 
 static void
@@ -402,13 +474,9 @@ dispatch(struct treq *t)
     r->iovcnt = 1;
   }
   if (r->op == NBDS_OP_BLOCK_STATUS) {
-    /* Room for an extent per 512 bytes, up to the reply's limit. */
-    size_t cap = (f & NBD_CMD_FLAG_REQ_ONE) ? 1 : t->nr.count / 512 + 1;
-    if (cap > MAX_EXTENTS)
-      cap = MAX_EXTENTS;
-    t->ext = (struct nbds_extents) { .v = malloc(cap * sizeof *t->ext.v),
-                                     .cap = cap };
-    if (!t->ext.v) {
+    const struct nbd_tx_state *st = &c->tx.st;
+    if ((st->base_allocation && !alloc_extents(&t->ext, &t->nr)) ||
+        (st->alloc_depth && !alloc_extents(&t->depth, &t->nr))) {
       send_reply(t, NBD_ENOMEM);
       return;
     }
@@ -419,7 +487,10 @@ dispatch(struct treq *t)
     send_reply(t, 0);
     return;
   }
-  export_submit(c->tx.exp, r);
+  if (r->op == NBDS_OP_BLOCK_STATUS && !c->tx.st.base_allocation)
+    submit_depth(t);
+  else
+    export_submit(c->tx.exp, r);
 }
 
 static void
@@ -438,7 +509,7 @@ write_drained(struct conn *c)
 
 void
 tx_start(struct conn *c, struct export *e, bool structured,
-         bool base_allocation)
+         bool base_allocation, bool alloc_depth)
 {
   struct tx *tx = &c->tx;
   const struct nbds_caps *caps = &e->top->caps;
@@ -447,6 +518,7 @@ tx_start(struct conn *c, struct export *e, bool structured,
     .eflags = export_flags(e, structured),
     .structured = structured,
     .base_allocation = base_allocation,
+    .alloc_depth = alloc_depth,
     .size = e->top->size,
     .block_min = caps->block_min,
     .block_max = caps->block_max,

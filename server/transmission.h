@@ -28,7 +28,7 @@ struct tx {
 };
 
 void tx_start(struct conn *c, struct export *exp, bool structured,
-              bool base_allocation);
+              bool base_allocation, bool alloc_depth);
 void tx_consume(struct conn *c);
 void tx_cleanup(struct conn *c);
 /* The socket will give no more input. */

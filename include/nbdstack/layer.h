@@ -52,6 +52,9 @@ enum nbds_op {
 #define NBDS_F_NO_HOLE   (1u << 1)  /* ZERO: do not deallocate */
 #define NBDS_F_FAST_ZERO (1u << 2)  /* ZERO: fail with ENOTSUP unless cheap */
 #define NBDS_F_REQ_ONE   (1u << 3)  /* BLOCK_STATUS: one extent is enough */
+/* BLOCK_STATUS: describe allocation depth (qemu:allocation-depth), not
+ * base:allocation.  Only sent to a layer whose caps say can_alloc_depth. */
+#define NBDS_F_DEPTH     (1u << 4)
 
 /* How a layer provides FUA. */
 enum nbds_fua {
@@ -73,12 +76,18 @@ struct nbds_caps {
   bool can_extents;
   bool can_cache;
   bool can_multi_conn;  /* a flush covers writes from every connection */
+  /* BLOCK_STATUS with NBDS_F_DEPTH: the layer keeps a backing chain
+   * (qcow2).  A layer without it has everything at depth 1, as QEMU
+   * reports images that have no backing file. */
+  bool can_alloc_depth;
   uint32_t block_min;   /* power of two, 1..64 KiB */
   uint32_t block_pref;  /* power of two, >= max(block_min, 512) */
   uint32_t block_max;   /* largest READ/WRITE payload */
 };
 
-/* Extent flags for NBDS_OP_BLOCK_STATUS (base:allocation). */
+/* Extent flags for NBDS_OP_BLOCK_STATUS (base:allocation).  With
+ * NBDS_F_DEPTH, an extent's flags hold its depth instead: 0 unallocated
+ * in the whole chain, 1 this image, 2 its backing file, and so on. */
 #define NBDS_EXTENT_HOLE (1u << 0)
 #define NBDS_EXTENT_ZERO (1u << 1)
 

@@ -12,7 +12,10 @@
  *   bitmaps=in-use     write an image with persistent bitmaps, marking
  *                      them in use (otherwise it is refused read-write)
  *   aio=, direct=      how backing files are opened (as the image)
- *   depth=N            position in a backing chain (internal) */
+ *   depth=N            position in a backing chain (internal)
+ *   overlay=on         the layer below is not the image but its backing
+ *                      file: the image is a new temporary one (-s, see
+ *                      overlay.c) */
 #include <errno.h>
 #include <inttypes.h>
 #include <libgen.h>
@@ -120,7 +123,11 @@ release(struct qcow2 *q)
   qcow2_thread_stop(q);
   qcow2_cache_destroy(&q->l2);
   qcow2_refcount_destroy(q);
-  if (q->backing)
+  /* An overlay owns its file, and its backing file is the layer below;
+   * otherwise the file is the layer below and the backing chain ours. */
+  if (q->overlay)
+    nbds_layer_close_stack(q->file);
+  else if (q->backing)
     nbds_layer_close_stack(q->backing);
   qcow2_header_free(&q->h);
   free(q->l1);
@@ -136,7 +143,7 @@ qcow2_open(struct nbds_layer *l, const struct nbds_kv *kv, size_t nkv)
 {
   static const char *const known[] = {
     "file", "readonly", "snapshot", "l2-cache-size", "bitmaps", "aio",
-    "direct", "depth", NULL,
+    "direct", "depth", "overlay", NULL,
   };
   if (nbds_kv_check("qcow2", kv, nkv, known) == -1)
     return -1;
@@ -154,8 +161,14 @@ qcow2_open(struct nbds_layer *l, const struct nbds_kv *kv, size_t nkv)
   pthread_cond_init(&q->qcond, NULL);
   q->layer = l;
   q->file = l->below;
+  const char *overlay = nbds_kv_get(kv, nkv, "overlay");
+  if (overlay && strcmp(overlay, "on") == 0 &&
+      qcow2_overlay_open(q, kv, nkv) == -1) {
+    release(q);
+    return -1;
+  }
   const char *ro = nbds_kv_get(kv, nkv, "readonly");
-  q->readonly = (ro && strcmp(ro, "on") == 0) || !l->below->caps.can_write;
+  q->readonly = (ro && strcmp(ro, "on") == 0) || !q->file->caps.can_write;
   const char *bm = nbds_kv_get(kv, nkv, "bitmaps");
   q->allow_bitmaps = bm && strcmp(bm, "in-use") == 0;
   const char *depth = nbds_kv_get(kv, nkv, "depth");
@@ -200,6 +213,7 @@ qcow2_caps(struct nbds_layer *l, struct nbds_caps *caps)
    * answered here whatever the file below can do. */
   caps->can_trim = caps->can_zero = caps->can_fast_zero = !q->readonly;
   caps->can_extents = true;
+  caps->can_alloc_depth = true;
   caps->can_cache = true;
   caps->block_min = 1;
   caps->block_pref = 4096;

@@ -68,6 +68,8 @@ struct qcow2 {
   struct nbds_layer *layer;    /* this layer */
   struct nbds_layer *file;     /* the image (the layer below) */
   struct nbds_layer *backing;  /* the backing stack, or NULL */
+  bool overlay;                /* -s: file is a temporary image of ours,
+                                * backing the layer below (overlay.c) */
   uint64_t backing_size;
   struct qcow2_header h;
   bool readonly;
@@ -121,6 +123,11 @@ struct qcow2 {
   bool stopping;
   struct nbds_reactor *io_reactor;  /* where the current job's I/O goes */
 };
+
+/* ---- overlay.c: -s, a temporary image over the layer below ---- */
+/* Create the temporary image and make it q->file, with the layer below as
+ * q->backing.  Returns -1 with nbds_error() set. */
+int qcow2_overlay_open(struct qcow2 *q, const struct nbds_kv *kv, size_t nkv);
 
 /* ---- io.c: the metadata thread and synchronous I/O ---- */
 int qcow2_thread_start(struct qcow2 *q);

@@ -47,7 +47,8 @@ def sha256(path):
 
 
 class Server:
-    def __init__(self, test, name, args, image, start_timeout=15.0, wrapper=None):
+    def __init__(self, test, name, args, image, start_timeout=15.0, wrapper=None,
+                 program=None):
         self.test = test
         self.name = name
         self.sock = os.path.join(test.scratch, name + ".sock")
@@ -61,7 +62,8 @@ class Server:
         # status is the server's.
         self.wrapper = list(wrapper or [])
         # image None: the arguments name the export (--plugin ...).
-        self.argv = self.wrapper + [NBDSTACK, "-f", "raw", "-k", self.sock,
+        # program: another server with qemu-nbd's command line (the peer).
+        self.argv = self.wrapper + [program or NBDSTACK, "-f", "raw", "-k", self.sock,
                                     "--pid-file=" + self.pidfile] + list(args)
         if image is not None:
             self.argv.append(image)
@@ -178,8 +180,8 @@ class Test:
             shutil.rmtree(self.scratch, ignore_errors=True)
 
     # ---- servers ---------------------------------------------------------
-    def start_server(self, name, args, image, wrapper=None):
-        s = Server(self, name, args, image, wrapper=wrapper)
+    def start_server(self, name, args, image, wrapper=None, program=None):
+        s = Server(self, name, args, image, wrapper=wrapper, program=program)
         self.servers.append(s)
         return s
 

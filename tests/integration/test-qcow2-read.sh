@@ -25,10 +25,6 @@ cd "$SCRATCH" || fail "cd $SCRATCH"
 K=1024
 M=$((1024 * K))
 DUT_A=(-A)    # dropped (one failure recorded) if the server refuses -A
-if [ "$SERVER_KIND" = nbdstack ]; then
-    echo "SKIP part: qemu:allocation-depth (-A) is not implemented in nbdstack yet"
-    DUT_A=()
-fi
 
 # read_case WHAT IMAGE [SERVER ARGS...]
 # CMP_WITH="FMT FILE" compares against FILE instead of IMAGE read as qcow2.

@@ -272,10 +272,16 @@ qemu-img create -q -f qcow2 ss.qcow2 16M
 qio_run "make ss" qcow2 ss.qcow2 "write -P 0x81 0 2M"
 sum=$(sha ss.qcow2)
 mkdir -p sstmp
-if [ "$SERVER_KIND" = nbdstack ]; then
-    echo "SKIP part: -s (snapshot mode) is not implemented in nbdstack yet"
-elif TMPDIR=$SCRATCH/sstmp dut ss -t -s ss.qcow2; then
+if TMPDIR=$SCRATCH/sstmp dut ss -t -s ss.qcow2; then
     qio_uri ss "write -P 0x82 1M 2M" "write -z 0 64k" "discard 4M 64k" "flush" && ok "-s: writes accepted"
+    if [ "$SERVER_KIND" = nbdstack ]; then
+        # nbdstack unlinks its overlay at once; it must still be in $TMPDIR.
+        if ls -l "/proc/${SERVER_PID[ss]}/fd" | grep -q "$SCRATCH/sstmp/nbdstack-snapshot-.* (deleted)"; then
+            ok "-s: the overlay is an unlinked file in \$TMPDIR"
+        else
+            fail "-s: no unlinked overlay in \$TMPDIR among the server's files"
+        fi
+    fi
     QIO_RO=1 qio_uri ss "read -P 0 0 64k" "read -P 0x81 64k 960k" "read -P 0x82 1M 2M" "read -P 0 3M 13M" &&
         ok "-s: a new connection sees the writes"
     stop_server_ok ss
@@ -283,5 +289,18 @@ fi
 expect_eq "$(sha ss.qcow2)" "$sum" "-s: image file unchanged afterwards"
 expect_eq "$(find sstmp -mindepth 1 | wc -l)" 0 "-s: no temporary overlay left in \$TMPDIR"
 qimg_check ss.qcow2 "-s image afterwards"
+
+# -s over a raw image: the overlay is qcow2 whatever the image's format.
+truncate -s 8M sr.raw
+printf 'raw data' | dd of=sr.raw bs=1 seek=4096 conv=notrunc status=none
+sum=$(sha sr.raw)
+if TMPDIR=$SCRATCH/sstmp dut sr -t -f raw -s sr.raw; then
+    qio_uri sr "write -P 0x83 0 64k" "flush" && ok "-s over raw: writes accepted"
+    QIO_RO=1 qio_uri sr "read -P 0x83 0 64k" "read -P 0 64k 8128k" &&
+        ok "-s over raw: a new connection sees the writes"
+    stop_server_ok sr
+fi
+expect_eq "$(sha sr.raw)" "$sum" "-s over raw: image file unchanged afterwards"
+expect_eq "$(find sstmp -mindepth 1 | wc -l)" 0 "-s over raw: no temporary overlay left"
 
 finish
