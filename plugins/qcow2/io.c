@@ -171,9 +171,57 @@ job_complete(void *arg)
   nbds_req_complete(req, err);
 }
 
-static int
-run_job(struct qcow2 *q, struct nbds_req *req)
+/* Wait for the allocations j's range overlaps (alloc.c). */
+static void
+park(struct qcow2 *q, struct qcow2_job *j)
 {
+  j->next = NULL;
+  *q->parked_tail = j;
+  q->parked_tail = &j->next;
+}
+
+void
+qcow2_jobs_unpark(struct qcow2 *q)
+{
+  if (!q->parked)
+    return;
+  pthread_mutex_lock(&q->qlock);
+  *q->parked_tail = q->jobs;
+  if (!q->jobs)
+    q->jobs_tail = q->parked_tail;
+  q->jobs = q->parked;
+  pthread_mutex_unlock(&q->qlock);
+  q->parked = NULL;
+  q->parked_tail = &q->parked;
+}
+
+void
+qcow2_job_requeue(struct qcow2 *q, struct qcow2_job *j)
+{
+  pthread_mutex_lock(&q->qlock);
+  j->next = q->jobs;
+  if (!q->jobs)
+    q->jobs_tail = &j->next;
+  q->jobs = j;
+  pthread_cond_signal(&q->qcond);
+  pthread_mutex_unlock(&q->qlock);
+}
+
+static int
+run_job(struct qcow2 *q, struct qcow2_job *j)
+{
+  struct nbds_req *req = j->req;
+  if (j->alloc)
+    return qcow2_alloc_link(q, j);
+  bool modifies = req->op == NBDS_OP_WRITE || req->op == NBDS_OP_ZERO ||
+                  req->op == NBDS_OP_TRIM;
+  if (modifies && qcow2_alloc_busy(q, req->offset, req->count)) {
+    park(q, j);
+    return QCOW2_PENDING;
+  }
+  int err;
+  if (req->op == NBDS_OP_WRITE && qcow2_alloc_start(q, j, &err))
+    return err;
   switch (req->op) {
   case NBDS_OP_READ:
     return qcow2_do_read(q, req);
@@ -210,9 +258,10 @@ metadata_thread(void *arg)
     pthread_mutex_unlock(&q->qlock);
 
     q->io_reactor = j->reactor;
-    j->err = run_job(q, j->req);
+    j->err = run_job(q, j);
     q->io_reactor = NULL;
-    nbds_reactor_post(j->reactor, job_complete, j);
+    if (j->err != QCOW2_PENDING)
+      nbds_reactor_post(j->reactor, job_complete, j);
 
     pthread_mutex_lock(&q->qlock);
   }
@@ -225,6 +274,8 @@ qcow2_thread_start(struct qcow2 *q)
 {
   q->jobs = NULL;
   q->jobs_tail = &q->jobs;
+  q->parked = NULL;
+  q->parked_tail = &q->parked;
   int err = pthread_create(&q->thread, NULL, metadata_thread, q);
   if (err) {
     nbds_error("qcow2: cannot start the metadata thread: %s", strerror(err));
@@ -258,11 +309,14 @@ qcow2_job_submit(struct qcow2 *q, struct nbds_req *req)
   j->req = req;
   j->reactor = nbds_reactor_self();
   j->err = 0;
+  j->alloc = NULL;
   j->next = NULL;
   if (!j->reactor) {
-    /* No reactor to complete on (a unit test): run it here. */
+    /* No reactor to complete on (a unit test): run it here.  Without a
+     * reactor nothing is pipelined, so the job never waits. */
+    int err = run_job(q, j);
     free(j);
-    nbds_req_complete(req, run_job(q, req));
+    nbds_req_complete(req, err);
     return;
   }
   pthread_mutex_lock(&q->qlock);

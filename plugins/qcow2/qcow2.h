@@ -54,8 +54,12 @@ struct qcow2_job {
   struct nbds_req *req;        /* the request from above */
   struct nbds_reactor *reactor;/* where it came from and completes */
   int err;
+  struct qcow2_alloc *alloc;   /* set: back for the link (alloc.c) */
   struct qcow2_job *next;
 };
+
+/* What a job returns when it completes later (an errno is positive). */
+#define QCOW2_PENDING (-1)
 
 /* A cluster whose refcount drops once the metadata that stopped using it
  * is on disk. */
@@ -122,6 +126,8 @@ struct qcow2 {
   struct qcow2_job *jobs, **jobs_tail;
   bool stopping;
   struct nbds_reactor *io_reactor;  /* where the current job's I/O goes */
+  struct qcow2_alloc *allocs;  /* allocating writes in flight (alloc.c) */
+  struct qcow2_job *parked, **parked_tail;  /* waiting for their links */
 };
 
 /* ---- overlay.c: -s, a temporary image over the layer below ---- */
@@ -131,6 +137,10 @@ int qcow2_overlay_open(struct qcow2 *q, const struct nbds_kv *kv, size_t nkv);
 
 /* ---- io.c: the metadata thread and synchronous I/O ---- */
 int qcow2_thread_start(struct qcow2 *q);
+/* Queue a job again, first in line (from any thread). */
+void qcow2_job_requeue(struct qcow2 *q, struct qcow2_job *j);
+/* Put the parked jobs back first in line, in their order. */
+void qcow2_jobs_unpark(struct qcow2 *q);
 void qcow2_thread_stop(struct qcow2 *q);
 void qcow2_job_submit(struct qcow2 *q, struct nbds_req *req);
 /* Run a request to layer l and wait for it.  On the metadata thread the
@@ -236,6 +246,37 @@ int qcow2_read_range(struct qcow2 *q, struct iovec *iov, int iovcnt,
 /* ---- the request kinds (metadata thread) ---- */
 int qcow2_do_read(struct qcow2 *q, struct nbds_req *req);
 int qcow2_do_write(struct qcow2 *q, struct nbds_req *req);
+
+/* ---- write.c: a data write into new host clusters ---- */
+/* The request's bytes for guest [guest, guest+len) and the old contents
+ * for the rest of [rs, re), at the same place in the host run `target`
+ * (which holds rs's cluster).  When the target reads as zeroes already (a
+ * run appended to the image) and the old contents are zeroes, only the
+ * request's bytes are written: a 4 KiB write into a new 64 KiB cluster
+ * writes 4 KiB. */
+struct qcow2_merge {
+  struct iovec *iov;
+  int iovcnt;
+  uint8_t *buf;                /* the old contents */
+  uint64_t host;               /* where iov goes */
+};
+int qcow2_merge_prepare(struct qcow2 *q, struct nbds_req *req,
+                        uint64_t req_off, uint64_t guest, uint64_t len,
+                        uint64_t rs, uint64_t re, uint64_t target,
+                        bool zeroed, struct qcow2_merge *mw);
+void qcow2_merge_free(struct qcow2_merge *mw);
+
+/* ---- alloc.c: allocating writes without waiting for their data ---- */
+/* Is any guest byte of [off, off+len) in a cluster being allocated? */
+bool qcow2_alloc_busy(struct qcow2 *q, uint64_t off, uint64_t len);
+/* Start j's write as an allocation when it falls wholly in clusters
+ * without a host cluster.  Returns false when it does not (write it
+ * synchronously); true when taken, with *err QCOW2_PENDING or the error
+ * to complete the request with. */
+bool qcow2_alloc_start(struct qcow2 *q, struct qcow2_job *j, int *err);
+/* The link job: set the L2 entries, complete (FUA: flush).  Returns the
+ * request's result. */
+int qcow2_alloc_link(struct qcow2 *q, struct qcow2_job *j);
 int qcow2_do_zero(struct qcow2 *q, struct nbds_req *req);
 int qcow2_do_flush(struct qcow2 *q);
 int qcow2_do_block_status(struct qcow2 *q, struct nbds_req *req);

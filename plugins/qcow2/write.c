@@ -27,20 +27,15 @@ qcow2_release_entry(struct qcow2 *q, uint64_t entry)
   return host ? qcow2_free_later(q, host, q->cluster_size) : 0;
 }
 
-/* Write guest [rs, re) to host cluster `target` at the same position in
- * the cluster: the request's bytes for [guest, guest+len), the old
- * contents for the rest.  When the target reads as zeroes already (a
- * cluster appended to the image) and the old contents are zeroes, only
- * the request's bytes are written: a 4 KiB write into a new 64 KiB
- * cluster writes 4 KiB. */
-static int
-write_merged(struct qcow2 *q, struct nbds_req *req, uint64_t req_off,
-             uint64_t guest, uint64_t len, uint64_t rs, uint64_t re,
-             uint64_t target, bool zeroed)
+int
+qcow2_merge_prepare(struct qcow2 *q, struct nbds_req *req, uint64_t req_off,
+                    uint64_t guest, uint64_t len, uint64_t rs, uint64_t re,
+                    uint64_t target, bool zeroed, struct qcow2_merge *mw)
 {
   uint64_t head = guest - rs, tail = re - (guest + len);
   uint64_t cstart = qcow2_cluster_start(q, guest);
   uint64_t host = target + (rs - cstart);
+  *mw = (struct qcow2_merge) { .iov = NULL };
   if (qcow2_overlaps_data_target(q, host, re - rs))
     return qcow2_corrupt(q, "data write at %#" PRIx64 " would overwrite "
                          "metadata", host);
@@ -74,9 +69,33 @@ write_merged(struct qcow2 *q, struct nbds_req *req, uint64_t req_off,
                        req->iovcnt);
   if (tail)
     iov[n++] = (struct iovec) { buf + head, tail };
-  int err = qcow2_pwritev(q, iov, n, host, 0);
-  free(iov);
-  free(buf);
+  *mw = (struct qcow2_merge) { .iov = iov, .iovcnt = n, .buf = buf,
+                               .host = host };
+  return 0;
+}
+
+void
+qcow2_merge_free(struct qcow2_merge *mw)
+{
+  free(mw->iov);
+  free(mw->buf);
+  mw->iov = NULL;
+  mw->buf = NULL;
+}
+
+/* Write guest [rs, re) to host cluster `target`, as qcow2_merge_prepare
+ * describes it. */
+static int
+write_merged(struct qcow2 *q, struct nbds_req *req, uint64_t req_off,
+             uint64_t guest, uint64_t len, uint64_t rs, uint64_t re,
+             uint64_t target, bool zeroed)
+{
+  struct qcow2_merge mw;
+  int err = qcow2_merge_prepare(q, req, req_off, guest, len, rs, re, target,
+                                zeroed, &mw);
+  if (!err)
+    err = qcow2_pwritev(q, mw.iov, mw.iovcnt, mw.host, 0);
+  qcow2_merge_free(&mw);
   return err;
 }
 
