@@ -117,7 +117,7 @@ start_tcp() {
     shift
     local pidf=$SCRATCH/$name.pid log=$SCRATCH/$name.log i
     PORT[$name]=$(free_port)
-    "$NBDSTACK" -b 127.0.0.1 -p "${PORT[$name]}" -x "$name" -t --pid-file="$pidf" \
+    "$NBDSTACK" -b 127.0.0.1 -p "${PORT[$name]}" -x "$name" -t -v --pid-file="$pidf" \
         "$@" </dev/null >"$log" 2>&1 &
     SERVER_PID[$name]=$!
     for ((i = 0; i < START_TIMEOUT * 20; i++)); do
@@ -149,13 +149,15 @@ EOF
 
 # ---- the guest -----------------------------------------------------------
 
+# no_timer_check: on a loaded host, TCG can be too slow for the kernel's
+# check that the timer interrupt works, which then panics at boot.
 serial=$SCRATCH/serial.log
 start=$SECONDS
 timeout --kill-after=10 420 qemu-system-x86_64 \
     -machine pc -accel tcg -m 512 -smp 1 -nodefaults -no-reboot \
     -display none -monitor none -serial "file:$serial" \
     -kernel "$vmlinuz" -initrd "$SCRATCH/initramfs.gz" \
-    -append "console=ttyS0 panic=-1 rdinit=/init" \
+    -append "console=ttyS0 panic=-1 rdinit=/init no_timer_check" \
     -nic user,model=virtio-net-pci >"$SCRATCH/qemu.out" 2>&1
 qemu_rc=$?
 echo "guest ran for $((SECONDS - start))s (qemu exit status $qemu_rc)"
@@ -176,20 +178,26 @@ show_logs() {
 steps="connect direct-write direct-read cached-write cached-read discard mkfs
        mount write-files umount fsck disconnect reconnect mount-again
        verify-files write-after-reconnect umount-again fsck-again final-disconnect"
-tr -d '\r' <"$serial" | grep '^STEP ' >"$SCRATCH/steps"
+tr -d '\r' <"$serial" | grep -E '^(STEP |GUEST DONE)' >"$SCRATCH/steps"
 cat "$SCRATCH/steps"
 expect_eq "$qemu_rc" 0 "qemu exit status (124: the guest did not power off in time)"
-expect_eq "$(grep -c FAIL "$SCRATCH/steps")" 0 "guest steps that failed"
+expect_true "the guest ran to its end (GUEST DONE)" grep -qx "GUEST DONE" "$SCRATCH/steps"
+declare -A GUEST_OK=()
 for e in a b; do
+    bad=
     for s in $steps; do
         line=$(grep -m1 "^STEP $e:$s " "$SCRATCH/steps")
-        case $line in
-            "STEP $e:$s ok") ;;
-            "") check_fail "export $e: step $s did not run" ;;
-            *) check_fail "export $e: ${line#STEP }" ;;
-        esac
+        if [ "$line" != "STEP $e:$s ok" ]; then
+            bad=${line:-"step $s did not run"}
+            break
+        fi
     done
-    ok "export $e: every guest step ran and passed"
+    if [ -z "$bad" ]; then
+        GUEST_OK[$e]=1
+        ok "export $e: every guest step ran and passed"
+    else
+        check_fail "export $e: ${bad#STEP }"
+    fi
 done
 stop_server_ok a
 stop_server_ok b
@@ -206,6 +214,7 @@ range_is() {
 }
 
 for e in a b; do
+    [ -n "${GUEST_OK[$e]:-}" ] || continue   # nothing to look for
     img=$SCRATCH/$e.img
     expected=$root/pat-a-zeroed
     [ "$e" = b ] && expected=$root/pat-a
