@@ -96,7 +96,7 @@ cached_read() {
 }
 
 discarded() {
-    max=$(cat /sys/block/$(basename $DEV)/queue/discard_max_bytes)
+    max=$(cat "/sys/block/${DEV#/dev/}/queue/discard_max_bytes")
     [ "$max" -gt 0 ] || { echo "the kernel sees no discard support"; return 1; }
     blkdiscard -o $DISCARD_OFF -l $DISCARD_LEN $DEV || return 1
     case $DISCARD in

@@ -17,6 +17,7 @@
 # newest /boot/vmlinuz-* whose modules are in /lib/modules), KEEP_SCRATCH.
 # Exits 77 only when qemu-system-x86_64, the kernel or a guest tool is
 # missing (.ci/install-deps installs them all).
+# shellcheck source=../integration/lib.sh
 . "$(dirname "$0")/../integration/lib.sh"
 GUEST_INIT=$(cd "$(dirname "$0")" && pwd)/guest-init.sh
 
@@ -153,7 +154,7 @@ EOF
 # check that the timer interrupt works, which then panics at boot.
 serial=$SCRATCH/serial.log
 start=$SECONDS
-timeout --kill-after=10 420 qemu-system-x86_64 \
+timeout --kill-after=10 600 qemu-system-x86_64 \
     -machine pc -accel tcg -m 512 -smp 1 -nodefaults -no-reboot \
     -display none -monitor none -serial "file:$serial" \
     -kernel "$vmlinuz" -initrd "$SCRATCH/initramfs.gz" \
