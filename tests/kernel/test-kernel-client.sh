@@ -221,6 +221,12 @@ for e in a b; do
     [ "$e" = b ] && expected=$root/pat-a
     range_is "$img" "$DIRECT_OFF" "$expected" "$e: the O_DIRECT pattern, after discard, is in the image"
     range_is "$img" "$CACHED_OFF" "$root/pat-b" "$e: the page-cache pattern is in the image"
+    if [ "$e" = a ] && scratch_supports_holes; then
+        # --discard=unmap: the discarded range is a hole in the raw file.
+        got=$(map_extent_of "$(qemu-img map --output=json -f raw "$img" | map_summary)" \
+            "$DISCARD_OFF" "$DISCARD_LEN")
+        expect_eq "${got#* * }" "data=false zero=true" "a: the discarded range is unmapped"
+    fi
     expect_true "$e: e2fsck -fn on the host" e2fsck -fn "$img"
     expect_eq "$(debugfs -R 'cat /hello.txt' "$img" 2>/dev/null)" "$MAGIC" "$e: /hello.txt"
     expect_eq "$(debugfs -R 'cat /after.txt' "$img" 2>/dev/null)" "$MAGIC after reconnect" \
