@@ -1,17 +1,29 @@
 #include <stdarg.h>
 #include <stdio.h>
+#include <syslog.h>
 
 #include "log.h"
 
 bool nbds_verbose;
+static bool use_syslog;
+
+void
+nbds_log_to_syslog(void)
+{
+  openlog("nbdstack", LOG_PID, LOG_DAEMON);
+  use_syslog = true;
+}
 
 static void
-vlog(const char *fmt, va_list ap)
+vlog(int priority, const char *fmt, va_list ap)
 {
-  /* One fprintf per line so lines from several threads do not mix. */
+  /* One call per line so lines from several threads do not mix. */
   char line[1024];
   vsnprintf(line, sizeof line, fmt, ap);
-  fprintf(stderr, "nbdstack: %s\n", line);
+  if (use_syslog)
+    syslog(priority, "%s", line);
+  else
+    fprintf(stderr, "nbdstack: %s\n", line);
 }
 
 void
@@ -19,7 +31,7 @@ nbds_log_error(const char *fmt, ...)
 {
   va_list ap;
   va_start(ap, fmt);
-  vlog(fmt, ap);
+  vlog(LOG_ERR, fmt, ap);
   va_end(ap);
 }
 
@@ -28,6 +40,15 @@ nbds_log_info(const char *fmt, ...)
 {
   va_list ap;
   va_start(ap, fmt);
-  vlog(fmt, ap);
+  vlog(LOG_INFO, fmt, ap);
+  va_end(ap);
+}
+
+void
+nbds_log_debug_line(const char *fmt, ...)
+{
+  va_list ap;
+  va_start(ap, fmt);
+  vlog(LOG_DEBUG, fmt, ap);
   va_end(ap);
 }
