@@ -191,7 +191,7 @@ read_some(struct conn *c)
   }
   if (n == -1 && (errno == EAGAIN || errno == EINTR))
     return READ_AGAIN;
-  if (n == 0)
+  if (n == 0 || errno == ECONNRESET)
     conn_set_close_reason(c, "the client closed the connection", 0);
   else
     conn_set_close_reason(c, "read error", errno);
@@ -249,7 +249,10 @@ write_out(struct conn *c)
     if (w == -1) {
       if (errno == EAGAIN || errno == EINTR)
         return true;
-      conn_set_close_reason(c, "write error", errno);
+      if (errno == EPIPE || errno == ECONNRESET)
+        conn_set_close_reason(c, "the client closed the connection", 0);
+      else
+        conn_set_close_reason(c, "write error", errno);
       return false;
     }
     size_t left = w;
@@ -389,15 +392,14 @@ conn_kill(struct conn *c)
 static void
 log_close(struct conn *c)
 {
-  const char *why = c->close_reason;
-  if (!why)
-    why = c->phase == PHASE_HANDSHAKE ? "ended during the handshake"
-                                      : "closed";
+  const char *why = c->close_reason ? c->close_reason : "closed";
+  const char *when = c->phase == PHASE_HANDSHAKE ? " during the handshake"
+                                                 : "";
   char export[NBD_MAX_STRING + 16] = "";
   if (c->tx.exp)
     snprintf(export, sizeof export, " (export '%s')", c->tx.exp->name);
-  nbds_log_info("%s: connection closed%s: %s%s%s", c->peer, export, why,
-                c->close_errno ? ": " : "",
+  nbds_log_info("%s: connection closed%s: %s%s%s%s", c->peer, export, why,
+                when, c->close_errno ? ": " : "",
                 c->close_errno ? strerror(c->close_errno) : "");
 }
 
