@@ -392,7 +392,7 @@ conn_kill(struct conn *c)
 static void
 log_close(struct conn *c)
 {
-  const char *why = c->close_reason ? c->close_reason : "closed";
+  const char *why = c->close_reason ? c->close_reason : "ended";
   const char *when = c->phase == PHASE_HANDSHAKE ? " during the handshake"
                                                  : "";
   char export[NBD_MAX_STRING + 16] = "";

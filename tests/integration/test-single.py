@@ -108,4 +108,10 @@ refused("single with -k", [NBDSTACK, "--single", "-k", os.path.join(t.scratch, "
         "cannot be combined", stdin=subprocess.DEVNULL)
 t.check(not os.path.exists(os.path.join(t.scratch, "x.sock")), "single with -k: no socket made")
 
+# --- 4. --help names the new options ------------------------------------
+p = subprocess.run([NBDSTACK, "--help"], stdout=subprocess.PIPE, timeout=60)
+out = p.stdout.decode()
+for opt in ("--single", "--log=DEST", "syslog", "LISTEN_FDS", "NOTIFY_SOCKET", "-s is qemu-nbd's"):
+    t.check(opt in out, "--help mentions %s" % opt)
+
 t.finish()

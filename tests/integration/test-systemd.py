@@ -13,6 +13,7 @@
    it succeeds (so READY=1 came after listen()), and SIGTERM brings
    STOPPING=1 and a clean exit.  A server that cannot open its image never
    says READY=1.
+5. systemd-analyze verify accepts examples/systemd/*.
 """
 
 import os
@@ -223,5 +224,19 @@ try:
 except BlockingIOError:
     msg = ""
 t.check("READY=1" not in msg, "notify: missing image: no READY=1 (%r)" % msg)
+
+# --- 5. the example units are valid --------------------------------------
+sa = "/usr/bin/systemd-analyze"
+units = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "examples", "systemd")
+if not os.access(sa, os.X_OK):
+    print("ok - # SKIP systemd-analyze not installed (the systemd package)")
+else:
+    p = subprocess.run([sa, "verify", "--man=no", os.path.join(units, "nbdstack.service"),
+                        os.path.join(units, "nbdstack.socket")],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+    # The one complaint allowed: nbdstack is not installed in /usr/sbin here.
+    out = [l for l in p.stdout.decode("utf-8", "replace").splitlines()
+           if l.strip() and "/usr/sbin/nbdstack" not in l]
+    t.eq(out, [], "systemd-analyze verify of examples/systemd")
 
 t.finish()
