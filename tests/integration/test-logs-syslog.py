@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """--log=syslog: the log lines go to syslog (/dev/log), with the daemon
 facility and the right priorities, and not to stderr.
 

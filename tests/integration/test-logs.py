@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Log lines on stderr.
 
 1. Without -v: one line when a client opens an export (peer, export name)

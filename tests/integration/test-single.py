@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """--single: one client already connected on stdin/stdout, as nbdkit -s.
 
 1. libnbd's nbd_connect_command runs nbdstack --single on a socketpair:

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """systemd integration, with real clients and real tools:
 
 1. libnbd's nbd_connect_systemd_socket_activation starts nbdstack with a
