@@ -156,8 +156,16 @@ else:
     deadline = time.monotonic() + 60
     while not os.path.exists(upath3) and p.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    hu = nbd.NBD()
-    hu.connect_uri("nbd+unix:///?socket=" + upath3)
+    # The path appears at bind(), just before listen(): retry a refusal.
+    while True:
+        hu = nbd.NBD()
+        try:
+            hu.connect_uri("nbd+unix:///?socket=" + upath3)
+            break
+        except nbd.Error:
+            if p.poll() is not None or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
     hu.pwrite(PATTERN, 0)
     hu.flush()
     ht = nbd.NBD()
