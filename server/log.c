@@ -1,10 +1,18 @@
 #include <stdarg.h>
 #include <stdio.h>
-#include <syslog.h>
 
 #include "log.h"
 
 bool nbds_verbose;
+
+#ifdef _WIN32
+/* The Win32 file driver's build (no server, no syslog): stderr only. */
+enum { LOG_ERR = 3, LOG_INFO = 6, LOG_DEBUG = 7 };
+static const bool use_syslog = false;
+#define syslog(priority, ...) ((void) (priority))
+#else
+#include <syslog.h>
+
 static bool use_syslog;
 
 void
@@ -13,6 +21,7 @@ nbds_log_to_syslog(void)
   openlog("nbdstack", LOG_PID, LOG_DAEMON);
   use_syslog = true;
 }
+#endif
 
 static void
 vlog(int priority, const char *fmt, va_list ap)
