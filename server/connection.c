@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "connection.h"
+#include "export.h"
 #include "log.h"
 #include "reactor.h"
 #include "server.h"
@@ -190,8 +191,10 @@ read_some(struct conn *c)
   }
   if (n == -1 && (errno == EAGAIN || errno == EINTR))
     return READ_AGAIN;
-  if (n == -1 && errno != ECONNRESET)
-    nbds_log_debug("%s: read: %s", c->peer, strerror(errno));
+  if (n == 0 || errno == ECONNRESET)
+    conn_set_close_reason(c, "the client closed the connection", 0);
+  else
+    conn_set_close_reason(c, "read error", errno);
   return READ_CLOSED;
 }
 
@@ -246,7 +249,10 @@ write_out(struct conn *c)
     if (w == -1) {
       if (errno == EAGAIN || errno == EINTR)
         return true;
-      nbds_log_debug("%s: write: %s", c->peer, strerror(errno));
+      if (errno == EPIPE || errno == ECONNRESET)
+        conn_set_close_reason(c, "the client closed the connection", 0);
+      else
+        conn_set_close_reason(c, "write error", errno);
       return false;
     }
     size_t left = w;
@@ -381,6 +387,22 @@ conn_kill(struct conn *c)
   shutdown(c->fd, SHUT_RDWR);
 }
 
+/* The connection's one log line at close (its open line is at the start
+ * of the transmission phase, once the export is known). */
+static void
+log_close(struct conn *c)
+{
+  const char *why = c->close_reason ? c->close_reason : "ended";
+  const char *when = c->phase == PHASE_HANDSHAKE ? " during the handshake"
+                                                 : "";
+  char export[NBD_MAX_STRING + 16] = "";
+  if (c->tx.exp)
+    snprintf(export, sizeof export, " (export '%s')", c->tx.exp->name);
+  nbds_log_info("%s: connection closed%s: %s%s%s%s", c->peer, export, why,
+                when, c->close_errno ? ": " : "",
+                c->close_errno ? strerror(c->close_errno) : "");
+}
+
 static void
 conn_maybe_free(struct conn *c)
 {
@@ -396,7 +418,7 @@ conn_maybe_free(struct conn *c)
   ev_prepare_stop(c->loop, &c->flush_watcher);
   drop_output(c);
   close(c->fd);
-  nbds_log_debug("%s: closed", c->peer);
+  log_close(c);
   handshake_cleanup(c);
   tx_cleanup(c);
 
@@ -423,6 +445,7 @@ conn_shutdown_all(void *unused)
     struct conn_link *next = l->next;
     struct conn *c = l->c;
     conn_enter(c);
+    conn_set_close_reason(c, "the server is shutting down", 0);
     if (c->phase == PHASE_HANDSHAKE)
       conn_kill(c);    /* nothing of value in flight */
     else

@@ -53,6 +53,8 @@ struct conn {
   bool dead;                  /* socket closed; waiting for requests */
   bool counted;               /* counted as a negotiated client */
   unsigned busy;              /* callbacks on the stack: do not free */
+  const char *close_reason;   /* for the log line at close; first one wins */
+  int close_errno;
 
   struct handshake hs;
   struct tx tx;
@@ -98,6 +100,17 @@ void conn_shutdown(struct conn *c);
 /* Drop the connection now (protocol violation); requests in flight still
  * finish before the connection is freed. */
 void conn_kill(struct conn *c);
+
+/* Say why the connection is ending, for the log line at close (the first
+ * reason given is kept).  err: an errno value, or 0. */
+static inline void conn_set_close_reason(struct conn *c, const char *why,
+                                         int err)
+{
+  if (!c->close_reason) {
+    c->close_reason = why;
+    c->close_errno = err;
+  }
+}
 
 /* Ask every connection on the calling reactor to finish and close. */
 void conn_shutdown_all(void *unused);

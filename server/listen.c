@@ -2,6 +2,7 @@
  * for a passive socket, IPv6 only on the IPv6 one so both coexist. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -63,6 +64,25 @@ listen_unix(const char *path)
   }
   unix_path = strdup(path);
   return add_listener(fd, false);
+}
+
+int
+listen_adopt(int fd)
+{
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  int flags = fcntl(fd, F_GETFL);
+  if (getsockname(fd, (struct sockaddr *) &ss, &len) == -1 || flags == -1 ||
+      fcntl(fd, F_SETFL, flags | O_NONBLOCK) == -1 ||
+      fcntl(fd, F_SETFD, FD_CLOEXEC) == -1) {
+    nbds_log_error("inherited socket %d: %s", fd, strerror(errno));
+    return -1;
+  }
+  if (nlisteners == MAX_LISTENERS) {
+    nbds_log_error("more than %d listening sockets", MAX_LISTENERS);
+    return -1;
+  }
+  return add_listener(fd, ss.ss_family == AF_INET || ss.ss_family == AF_INET6);
 }
 
 int

@@ -7,6 +7,9 @@
 /* Create listeners.  On failure print one line and return -1. */
 int listen_unix(const char *path);
 int listen_tcp(const char *bind, const char *port);
+/* Listen on an inherited listening socket (socket activation); it is not
+ * unlinked at exit, its owner made it. */
+int listen_adopt(int fd);
 
 /* Watch the listeners on loop; accepted sockets go to on_accept. */
 void listen_start(struct ev_loop *loop,

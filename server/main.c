@@ -14,6 +14,8 @@
 #include "options.h"
 #include "reactor.h"
 #include "server.h"
+#include "single.h"
+#include "systemd.h"
 
 /* With --fork the parent stays until the child is ready, copying the
  * child's start-up messages to its own stderr, and exits 0 only if the
@@ -117,6 +119,24 @@ main(int argc, char **argv)
   struct options o;
   options_parse(argc, argv, &o);
   nbds_verbose = o.verbose;
+  if (o.log_syslog)
+    nbds_log_to_syslog();
+
+  /* Before --fork: LISTEN_PID names this process. */
+  int activated = systemd_listen();
+  if (activated == -1)
+    exit(EXIT_FAILURE);
+  if (activated > 0 && (o.socket_path || o.port || o.bind || o.single)) {
+    nbds_log_error("socket activation passed %d socket(s): -k, -p, -b and "
+                   "--single do not apply", activated);
+    exit(EXIT_FAILURE);
+  }
+  if (o.single) {
+    server_config.single = true;
+    server_config.single_fd = single_client_fd();
+    if (server_config.single_fd == -1)
+      exit(EXIT_FAILURE);
+  }
 
   if (o.fork)
     daemonize();  /* before any thread exists */
@@ -143,13 +163,16 @@ main(int argc, char **argv)
   workers_init(64);
   export_add(cmdline_export_open(&o, uring));
 
-  if (o.socket_path ? listen_unix(o.socket_path) == -1
-                    : listen_tcp(o.bind, o.port) == -1)
+  if (activated == 0 && !o.single &&
+      (o.socket_path ? listen_unix(o.socket_path) == -1
+                     : listen_tcp(o.bind, o.port) == -1))
     exit(EXIT_FAILURE);
   if (o.pid_file)
     write_pid_file(o.pid_file);
-  nbds_log_debug("ready: %s", o.socket_path ? o.socket_path : "TCP");
+  nbds_log_debug("ready: %s", o.single ? "stdin" : activated ? "activated"
+                 : o.socket_path ? o.socket_path : "TCP");
   announce_ready();
+  systemd_notify_ready();
 
   return server_run() ? EXIT_SUCCESS : EXIT_FAILURE;
 }

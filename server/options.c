@@ -26,6 +26,8 @@ enum {
   OPT_PLUGIN,
   OPT_L2_CACHE_SIZE,
   OPT_BITMAPS,
+  OPT_SINGLE,
+  OPT_LOG,
 };
 
 static const char short_opts[] = "hVf:k:p:b:x:D:rte:o:nvl:sA";
@@ -56,6 +58,8 @@ static const struct option long_opts[] = {
   { "fork", no_argument, NULL, OPT_FORK },
   { "pid-file", required_argument, NULL, OPT_PID_FILE },
   { "threads", required_argument, NULL, OPT_THREADS },
+  { "single", no_argument, NULL, OPT_SINGLE },
+  { "log", required_argument, NULL, OPT_LOG },
   { "plugin", required_argument, NULL, OPT_PLUGIN },
   { "block-cache", required_argument, NULL, OPT_BLOCK_CACHE },
   { "block-cache-block", required_argument, NULL, OPT_BLOCK_CACHE_BLOCK },
@@ -91,10 +95,20 @@ usage(void)
 "  -x, --export-name=NAME    export name (default: the empty string)\n"
 "  -D, --description=TEXT    human-readable export description\n"
 "  -A, --allocation-depth    offer the qemu:allocation-depth meta context\n"
-"  -v, --verbose             log every connection and failed request\n"
+"  -v, --verbose             also log every request (debug lines)\n"
+"      --log=DEST            where log lines go: stderr (default) or syslog\n"
 "      --fork                run in the background once ready to serve\n"
 "      --pid-file=PATH       write the process ID to PATH once listening\n"
 "      --threads=N           reactor threads (default: one per CPU)\n"
+"      --single              serve one client already connected on stdin/\n"
+"                            stdout (one socket, as libnbd's\n"
+"                            nbd_connect_command gives), then exit; nbdkit\n"
+"                            spells it -s, but here -s is qemu-nbd's\n"
+"                            --snapshot\n"
+"  Socket activation: with LISTEN_PID/LISTEN_FDS set (systemd, libnbd's\n"
+"  nbd_connect_systemd_socket_activation) the passed sockets are served\n"
+"  instead of -p/-b/-k.  With NOTIFY_SOCKET set, READY=1 is sent once\n"
+"  serving, STOPPING=1 at shutdown (systemd Type=notify).\n"
 "\n"
 "Image options:\n"
 "      --plugin=PLUGIN       serve an nbdkit plugin (a name from nbdkit's\n"
@@ -292,6 +306,17 @@ options_parse(int argc, char **argv, struct options *o)
     case OPT_PID_FILE:
       o->pid_file = optarg;
       break;
+    case OPT_SINGLE:
+      o->single = true;
+      break;
+    case OPT_LOG:
+      if (strcmp(optarg, "syslog") == 0)
+        o->log_syslog = true;
+      else if (strcmp(optarg, "stderr") == 0)
+        o->log_syslog = false;
+      else
+        die("invalid log destination '%s' (stderr, syslog)", optarg);
+      break;
     case OPT_THREADS:
       if (!parse_u64(optarg, &v) || v < 1 || v > 1024)
         die("invalid thread count '%s'", optarg);
@@ -348,6 +373,10 @@ options_parse(int argc, char **argv, struct options *o)
     die("--detect-zeroes=unmap needs --discard=unmap");
   if (o->socket_path && (o->port || o->bind))
     die("-k cannot be combined with -p or -b");
+  if (o->single && (o->socket_path || o->port || o->bind || o->fork ||
+                    o->persistent))
+    die("--single serves the client on stdin/stdout: it cannot be combined "
+        "with -k, -p, -b, -t or --fork");
   if (!o->block_cache && (o->block_cache_block || o->block_cache_read_miss ||
                           o->block_cache_write_hit || o->block_cache_write_miss))
     die("the --block-cache-* options need --block-cache=SIZE");

@@ -42,6 +42,8 @@ struct options {
   bool fork;
   const char *pid_file;
   bool verbose;
+  bool single;               /* --single: one client on stdin/stdout */
+  bool log_syslog;           /* --log=syslog */
   unsigned threads;          /* 0: one per CPU */
 };
 

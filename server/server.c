@@ -15,6 +15,7 @@
 #include "log.h"
 #include "reactor.h"
 #include "server.h"
+#include "systemd.h"
 
 struct server_config server_config;
 
@@ -51,6 +52,7 @@ server_stop(void)
     return;
   stopping = true;
   nbds_log_debug("shutting down");
+  systemd_notify_stopping();
   listen_pause();
   for (unsigned i = 0; i < nreactors; i++)
     nbds_reactor_post(reactors[i], conn_shutdown_all, NULL);
@@ -80,8 +82,10 @@ gone_cb(void *arg)
   if (!stopping && server_config.shared && clients + 1 == server_config.shared)
     listen_resume();
   /* Like qemu-nbd: without -t, the last negotiated client leaving ends
-   * the server; a client that never negotiated does not. */
-  if (was_negotiated && negotiated == 0 && !server_config.persistent)
+   * the server; a client that never negotiated does not.  With --single
+   * the one client leaving, negotiated or not, ends it. */
+  if (server_config.single ||
+      (was_negotiated && negotiated == 0 && !server_config.persistent))
     server_stop();
   maybe_finish();
 }
@@ -178,6 +182,8 @@ server_run(void)
   for (unsigned i = 1; i < nreactors; i++)
     reactor_start(reactors[i]);
   listen_start(loop, on_accept);
+  if (server_config.single)
+    on_accept(server_config.single_fd, "stdin");
   ev_run(loop, 0);
 
   for (unsigned i = 1; i < nreactors; i++)

@@ -10,6 +10,8 @@ struct server_config {
   unsigned threads;        /* reactors */
   unsigned shared;         /* -e: most clients at once, 0 = no limit */
   bool persistent;         /* -t */
+  bool single;             /* --single: serve single_fd, exit after it */
+  int single_fd;
 };
 
 extern struct server_config server_config;

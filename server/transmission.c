@@ -378,9 +378,10 @@ request_done(struct nbds_req *req, int err)
   }
   conn_enter(c);
   if (err && err != ENOTSUP && err != ENOSPC && err != EDQUOT)
-    nbds_log_error("%s: %s at %llu+%u failed: %s", c->peer,
-                   nbd_cmd_name(t->nr.type), (unsigned long long) t->nr.offset,
-                   t->nr.count, strerror(err));
+    nbds_log_error("%s: export '%s': %s at %llu+%u failed: %s", c->peer,
+                   c->tx.exp->name, nbd_cmd_name(t->nr.type),
+                   (unsigned long long) t->nr.offset, t->nr.count,
+                   strerror(err));
   send_reply(t, nbd_errno_to_wire(err));
   conn_leave(c);
 }
@@ -526,8 +527,8 @@ tx_start(struct conn *c, struct export *e, bool structured,
   c->phase = PHASE_TRANSMISSION;
   c->counted = true;
   server_client_negotiated();
-  nbds_log_debug("%s: export '%s' (flags 0x%x)", c->peer, e->name,
-                 tx->st.eflags);
+  nbds_log_info("%s: connection opened: export '%s' (flags 0x%x)", c->peer,
+                e->name, tx->st.eflags);
 }
 
 bool
@@ -552,17 +553,21 @@ tx_consume(struct conn *c)
     if (!nbd_parse_request(conn_in_ptr(c), &nr)) {
       nbds_log_error("%s: bad request magic: closing the connection",
                      c->peer);
+      conn_set_close_reason(c, "bad request magic", 0);
       conn_kill(c);
       return;
     }
     conn_in_skip(c, NBD_REQUEST_SIZE);
 
     if (nr.type == NBD_CMD_DISC) {
-      nbds_log_debug("%s: disconnect requested", c->peer);
+      conn_set_close_reason(c, "the client sent NBD_CMD_DISC", 0);
       conn_shutdown(c);  /* finish what is in flight, then close */
       return;
     }
 
+    nbds_log_debug("%s: %s offset=%llu count=%u flags=0x%x", c->peer,
+                   nbd_cmd_name(nr.type), (unsigned long long) nr.offset,
+                   nr.count, nr.flags);
     uint32_t err = nbd_validate_request(&tx->st, &nr);
     struct treq *t = treq_get(c);
     if (!t) {
