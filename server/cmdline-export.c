@@ -75,11 +75,6 @@ cmdline_image_is_uri(const char *image)
   return false;
 }
 
-/* nbdkit keeps the strings it passes to .config for the plugin's life,
- * and plugins rely on it (eval keeps the keys, its method names): the
- * key copies live as long as the process. */
-static char **volatile plugin_keys;  /* never read: volatile keeps the store */
-
 /* --plugin NAME KEY=VALUE...: the nbdkit plugin host, with the plugin's
  * parameters in command-line order (a bare word goes to the plugin's
  * magic config key, as on nbdkit's command line). */
@@ -109,7 +104,9 @@ open_plugin(const struct options *o)
       kv[2 + i] = (struct nbds_kv) { "", arg };
   }
   struct nbds_layer *l = nbds_layer_open("nbdkit", NULL, kv, n);
-  plugin_keys = copies;
+  for (size_t i = 0; i < n; i++)
+    free(copies[i]);
+  free(copies);
   free(kv);
   if (!l) {
     nbds_log_error("%s", nbds_last_error());

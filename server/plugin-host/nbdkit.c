@@ -261,6 +261,15 @@ configure(struct ph_plugin *h, const struct nbds_kv *kv, size_t nkv)
                  h->p.name, key);
       return -1;
     }
+    /* nbdkit passes strings from its argv, which live as long as the
+     * process, and plugins keep them (eval keeps its method names): give
+     * the plugin copies that live until the last plugin is gone. */
+    key = nbdkit_strdup_intern(key);
+    value = nbdkit_strdup_intern(value);
+    if (!key || !value) {
+      nbds_error("out of memory");
+      return -1;
+    }
     if (h->p.config(key, value) == -1)
       return failed(h, "config");
   }
