@@ -177,13 +177,17 @@ parse_u64(const char *s, uint64_t *out)
   return true;
 }
 
-/* A qemu --object: "TYPE,key=value,..." (",," is a literal comma). */
+/* A qemu --object: "TYPE,key=value,..." (",," is a literal comma).  The
+ * options point into them for the life of the process. */
 #define OBJECT_MAX_PROPS 8
 struct object {
   char *type;
   char *keys[OBJECT_MAX_PROPS], *values[OBJECT_MAX_PROPS];
   int nprops;
 };
+static struct object objs[8];
+static int nobjs;
+static char *psk_path;
 
 static void
 parse_object(const char *spec, struct object *obj)
@@ -241,8 +245,7 @@ parse_qemu_bool(const char *opt, const char *s)
 
 /* --tls-creds ID: the --object named ID, with qemu-nbd's rules. */
 static void
-use_tls_creds(struct options *o, const struct object *objs, int nobjs,
-              const char *id)
+use_tls_creds(struct options *o, const char *id)
 {
   const struct object *obj = NULL;
   for (int i = 0; i < nobjs; i++) {
@@ -275,10 +278,9 @@ use_tls_creds(struct options *o, const struct object *objs, int nobjs,
     o->tls.verify_peer = vp ? parse_qemu_bool("verify-peer", vp) : true;
   } else {
     /* QEMU's tls-creds-psk reads DIR/keys.psk. */
-    char *file;
-    if (asprintf(&file, "%s/keys.psk", dir) == -1)
+    if (asprintf(&psk_path, "%s/keys.psk", dir) == -1)
       die("out of memory");
-    o->tls.psk_file = file;
+    o->tls.psk_file = psk_path;
   }
 }
 
@@ -292,8 +294,6 @@ options_parse(int argc, char **argv, struct options *o)
   int c;
   uint64_t v;
   bool have_tls_mode = false;
-  struct object objs[8];
-  int nobjs = 0;
   const char *tls_creds = NULL;
 
   opterr = 0;
@@ -506,7 +506,7 @@ options_parse(int argc, char **argv, struct options *o)
     if (have_tls_mode || o->tls.x509_dir || o->tls.psk_file ||
         o->tls.verify_peer)
       die("--tls-creds cannot be combined with the --tls* options");
-    use_tls_creds(o, objs, nobjs, tls_creds);
+    use_tls_creds(o, tls_creds);
   } else if (!have_tls_mode && (o->tls.x509_dir || o->tls.psk_file))
     o->tls.mode = TLS_ON;  /* credentials given: offer TLS */
   if (o->tls.mode != TLS_OFF && !o->tls.x509_dir && !o->tls.psk_file)
