@@ -7,11 +7,13 @@
 #   DIR/client/       ca-cert.pem client-cert.pem client-key.pem
 #   DIR/client-nocert/ ca-cert.pem only
 #   DIR/client-other/ ca-cert.pem, and a client certificate from another CA
+#   DIR/server-crl/   as DIR/server, plus ca-crl.pem revoking the client
+#                     certificate and dh-params.pem
 #   DIR/psk/keys.psk  user alice; DIR/psk-wrong/keys.psk  alice, another key
 
 make_pki() {
     local d=$1
-    mkdir -p "$d"/{server,client,client-nocert,client-other,psk,psk-wrong} || return 1
+    mkdir -p "$d"/{server,server-crl,client,client-nocert,client-other,psk,psk-wrong} || return 1
     (
         set -e
         cd "$d"
@@ -68,6 +70,12 @@ EOF
         for c in server client client-nocert client-other; do
             cp ca-cert.pem "$c/"
         done
+        cp server/* server-crl/
+        echo "crl_next_update = 2" >crl.info
+        q --generate-crl --load-ca-privkey ca-key.pem --load-ca-certificate ca-cert.pem \
+            --load-certificate client/client-cert.pem --template crl.info \
+            --outfile server-crl/ca-crl.pem
+        certtool --get-dh-params --sec-param medium >server-crl/dh-params.pem 2>/dev/null
         psktool -u alice -p psk/keys.psk >/dev/null
         psktool -u alice -p psk-wrong/keys.psk >/dev/null
     )

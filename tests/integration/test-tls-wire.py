@@ -172,14 +172,15 @@ stalled.handshake()
 t.eq(stalled.option(P.OPT_STARTTLS)[0], P.REP_ACK, "STARTTLS, then a stall mid-handshake")
 stalled.send(hello[:len(hello) // 2])
 tls_client_works(srv, "while another client stalls mid-handshake")
-t.check(not stalled.wait_closed(0.5), "the stalled client is still connected (until the TLS timeout)")
-stalled.close()
 
 # A client certificate from another CA, when the server does not ask for
 # one, is simply not used; a wrong server name is the client's business.
 # What the server must survive is every client above: it still serves.
 t.check(srv.alive(), "the server survived the bad TLS clients")
 tls_client_works(srv, "after the bad TLS clients")
+# The handshake has a time limit (30 s); this bound is only for liveness.
+t.check(stalled.wait_closed(120), "the server drops a client stalled mid-handshake")
+stalled.close()
 t.stop_server_ok(srv)
 
 # --tls=on: STARTTLS resets what was negotiated in plain text.

@@ -129,6 +129,16 @@ expect_eq "$(nbdinfo --size "$(nbds "$PORT" client)" 2>&1)" $((64 * M)) \
     "--tls-verify-peer: the server still serves after refusals"
 stop_server_ok verify
 
+# ca-crl.pem revokes the client certificate (dh-params.pem is loaded too).
+start_tcp crl "$NBDSTACK" --tls=require --tls-certificates="$PKI/server-crl" --tls-verify-peer
+expect_eq "$(x509_outcomes "$PORT")" "refused refused refused refused refused refused " \
+    "--tls-verify-peer with ca-crl.pem: the revoked certificate is refused too"
+stop_server_ok crl
+start_tcp crl "$NBDSTACK" --tls=require --tls-certificates="$PKI/server-crl"
+expect_eq "$(nbdinfo --size "$(nbds "$PORT" client-nocert)" 2>&1)" $((64 * M)) \
+    "ca-crl.pem and dh-params.pem without verification: clients get in"
+stop_server_ok crl
+
 # ---- qemu-nbd's spelling, side by side with qemu-nbd -----------------------
 
 for vp in "" ",verify-peer=off"; do
