@@ -13,6 +13,7 @@
 #include "log.h"
 #include "reactor.h"
 #include "server.h"
+#include "tls.h"
 
 #define IN_BUF_INITIAL 4096
 #define IN_BUF_MAX     (64 * 1024 + 64)  /* largest option payload we parse */
@@ -138,16 +139,26 @@ conn_pause_reading(struct conn *c)
   }
 }
 
+/* Bytes GnuTLS has already decrypted do not make the socket readable:
+ * wake the read watcher for them. */
+static void
+conn_read_tls_pending(struct conn *c)
+{
+  if (c->tls && !c->reading_paused && !c->eof && tls_pending(c))
+    ev_feed_event(c->loop, &c->read_watcher, EV_READ);
+}
+
 static void
 conn_resume_reading(struct conn *c)
 {
-  if (!c->reading_paused || c->eof || c->dead)
+  if (!c->reading_paused || c->eof || c->dead || c->starttls)
     return;
   c->reading_paused = false;
   ev_io_start(c->loop, &c->read_watcher);
   /* Requests already buffered were not parsed while paused. */
   if (!c->sink_left && conn_in_avail(c))
     consume(c);
+  conn_read_tls_pending(c);
 }
 
 enum read_result { READ_MORE, READ_AGAIN, READ_CLOSED };
@@ -161,7 +172,7 @@ read_some(struct conn *c)
     uint8_t *dst = c->sink ? c->sink : scratch;
     size_t want = c->sink || c->sink_left < sizeof scratch
                   ? c->sink_left : sizeof scratch;
-    n = read(c->fd, dst, want);
+    n = c->tls ? tls_recv(c, dst, want) : read(c->fd, dst, want);
     if (n > 0) {
       c->sink_left -= n;
       if (c->sink)
@@ -182,7 +193,9 @@ read_some(struct conn *c)
       c->in_end -= c->in_start;
       c->in_start = 0;
     }
-    n = read(c->fd, c->in + c->in_end, c->in_cap - c->in_end);
+    size_t room = c->in_cap - c->in_end;
+    n = c->tls ? tls_recv(c, c->in + c->in_end, room)
+               : read(c->fd, c->in + c->in_end, room);
     if (n > 0) {
       c->in_end += n;
       consume(c);
@@ -216,6 +229,7 @@ read_cb(struct ev_loop *loop, ev_io *w, int revents)
       break;
     }
   }
+  conn_read_tls_pending(c);
   conn_leave(c);
 }
 
@@ -245,7 +259,7 @@ write_out(struct conn *c)
       outmsg_done(c, c->out_head);
       continue;
     }
-    ssize_t w = writev(c->fd, iov, n);
+    ssize_t w = c->tls ? tls_writev(c, iov, n) : writev(c->fd, iov, n);
     if (w == -1) {
       if (errno == EAGAIN || errno == EINTR)
         return true;
@@ -290,8 +304,18 @@ after_write(struct conn *c, bool ok)
   else if (c->out_head) {
     if (!ev_is_active(&c->write_watcher))
       ev_io_start(c->loop, &c->write_watcher);
-  } else
+  } else {
     ev_io_stop(c->loop, &c->write_watcher);
+    if (c->starttls && !c->tls) {
+      /* The STARTTLS ACK is out.  The client must wait for it before its
+       * ClientHello, so any byte already read is a protocol violation. */
+      if (conn_in_avail(c)) {
+        nbds_log_debug("%s: data after STARTTLS", c->peer);
+        conn_kill(c);
+      } else
+        tls_handshake_start(c);
+    }
+  }
 }
 
 static void
@@ -316,6 +340,21 @@ flush_cb(struct ev_loop *loop, ev_prepare *w, int revents)
   conn_enter(c);
   after_write(c, write_out(c));
   conn_leave(c);
+}
+
+void
+conn_starttls(struct conn *c)
+{
+  c->starttls = true;
+  conn_pause_reading(c);
+}
+
+void
+conn_tls_ready(struct conn *c)
+{
+  c->starttls = false;
+  handshake_tls_started(c);
+  conn_resume_reading(c);
 }
 
 void
@@ -381,6 +420,7 @@ conn_kill(struct conn *c)
   ev_io_stop(c->loop, &c->read_watcher);
   ev_io_stop(c->loop, &c->write_watcher);
   ev_prepare_stop(c->loop, &c->flush_watcher);
+  tls_stop(c);
   drop_output(c);
   c->sink_left = 0;
   tx_input_closed(c);
@@ -417,6 +457,7 @@ conn_maybe_free(struct conn *c)
   ev_io_stop(c->loop, &c->write_watcher);
   ev_prepare_stop(c->loop, &c->flush_watcher);
   drop_output(c);
+  tls_free(c);
   close(c->fd);
   log_close(c);
   handshake_cleanup(c);

@@ -14,6 +14,7 @@
 #include "transmission.h"
 
 struct conn;
+struct tls_session;
 
 /* Something to send: iov[cur..niov) is still to go.  sent() runs once the
  * last byte is written, or when the connection dies with it queued. */
@@ -58,6 +59,12 @@ struct conn {
 
   struct handshake hs;
   struct tx tx;
+
+  /* TLS: set once STARTTLS is accepted; NULL means plain text.  While
+   * starttls is set, input waits for the ACK to go out and the TLS
+   * handshake to finish. */
+  struct tls_session *tls;
+  bool starttls;
 };
 
 /* Take over an accepted socket on the calling reactor. */
@@ -81,6 +88,12 @@ void conn_read_into(struct conn *c, void *dst, size_t n,
 /* Back-pressure: stop reading requests; reading resumes in conn_leave()
  * once tx_can_read_more() says so. */
 void conn_pause_reading(struct conn *c);
+
+/* STARTTLS was accepted and its ACK queued: once the ACK is written, run
+ * the TLS handshake; input stops until then. */
+void conn_starttls(struct conn *c);
+/* The TLS handshake succeeded: negotiation continues, encrypted. */
+void conn_tls_ready(struct conn *c);
 
 /* Output. */
 void conn_send(struct conn *c, struct outmsg *m);

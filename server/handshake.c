@@ -10,6 +10,7 @@
 #include "log.h"
 #include "protocol.h"
 #include "server.h"
+#include "tls.h"
 
 #define OPTION_HEADER 16
 
@@ -59,6 +60,44 @@ handshake_cleanup(struct conn *c)
 {
   free(c->hs.meta_export);
   c->hs.meta_export = NULL;
+}
+
+void
+handshake_tls_started(struct conn *c)
+{
+  struct handshake *hs = &c->hs;
+  bool fixed_newstyle = hs->fixed_newstyle, no_zeroes = hs->no_zeroes;
+  handshake_cleanup(c);
+  memset(hs, 0, sizeof *hs);
+  hs->got_client_flags = true;
+  hs->fixed_newstyle = fixed_newstyle;
+  hs->no_zeroes = no_zeroes;
+}
+
+/* FORCEDTLS, before STARTTLS: is this option refused? */
+static bool
+tls_needed(struct conn *c, uint32_t opt)
+{
+  return tls_mode() == TLS_REQUIRE && !c->tls &&
+         opt != NBD_OPT_STARTTLS && opt != NBD_OPT_ABORT;
+}
+
+static void
+opt_starttls(struct conn *c, uint32_t len)
+{
+  if (len)
+    send_error(c, NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID,
+               "STARTTLS takes no payload");
+  else if (c->tls)
+    send_error(c, NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID,
+               "TLS is already active");
+  else if (tls_mode() == TLS_OFF)
+    send_error(c, NBD_OPT_STARTTLS, NBD_REP_ERR_POLICY,
+               "TLS is not configured");
+  else {
+    send_reply(c, NBD_OPT_STARTTLS, NBD_REP_ACK, NULL, 0);
+    conn_starttls(c);
+  }
 }
 
 static void
@@ -252,6 +291,16 @@ handle_option(struct conn *c, uint32_t opt, const uint8_t *p, uint32_t len)
     conn_kill(c);
     return false;
   }
+  if (tls_needed(c, opt)) {
+    if (opt == NBD_OPT_EXPORT_NAME) {
+      /* No way to refuse it but hanging up. */
+      nbds_log_debug("%s: EXPORT_NAME before STARTTLS", c->peer);
+      conn_kill(c);
+      return false;
+    }
+    send_error(c, opt, NBD_REP_ERR_TLS_REQD, "TLS is required");
+    return !c->dead;
+  }
   switch (opt) {
   case NBD_OPT_EXPORT_NAME:
     opt_export_name(c, p, len);
@@ -264,11 +313,8 @@ handle_option(struct conn *c, uint32_t opt, const uint8_t *p, uint32_t len)
     opt_list(c, len);
     break;
   case NBD_OPT_STARTTLS:
-    if (len)
-      send_error(c, opt, NBD_REP_ERR_INVALID, "STARTTLS takes no payload");
-    else
-      send_error(c, opt, NBD_REP_ERR_POLICY, "TLS is not configured");
-    break;
+    opt_starttls(c, len);
+    return !c->dead && !c->starttls;
   case NBD_OPT_INFO:
   case NBD_OPT_GO:
     opt_info_go(c, opt, p, len);
@@ -302,9 +348,12 @@ drained(struct conn *c)
     conn_kill(c);  /* a name longer than any string may be */
     return;
   }
-  send_error(c, opt, opt <= NBD_OPT_SET_META_CONTEXT ? NBD_REP_ERR_TOO_BIG
-                                                     : NBD_REP_ERR_UNSUP,
-             "option payload too large");
+  if (tls_needed(c, opt))
+    send_error(c, opt, NBD_REP_ERR_TLS_REQD, "TLS is required");
+  else
+    send_error(c, opt, opt <= NBD_OPT_SET_META_CONTEXT ? NBD_REP_ERR_TOO_BIG
+                                                       : NBD_REP_ERR_UNSUP,
+               "option payload too large");
   handshake_consume(c);
 }
 

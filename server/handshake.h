@@ -24,5 +24,7 @@ void handshake_start(struct conn *c);
 /* Parse whatever complete messages the input buffer holds. */
 void handshake_consume(struct conn *c);
 void handshake_cleanup(struct conn *c);
+/* TLS is up: forget everything negotiated before it, as the spec says. */
+void handshake_tls_started(struct conn *c);
 
 #endif

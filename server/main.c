@@ -16,6 +16,7 @@
 #include "server.h"
 #include "single.h"
 #include "systemd.h"
+#include "tls.h"
 
 /* With --fork the parent stays until the child is ready, copying the
  * child's start-up messages to its own stderr, and exits 0 only if the
@@ -143,6 +144,8 @@ main(int argc, char **argv)
 
   if (!o.format && !o.plugin)
     refuse_other_formats(o.image);
+  if (!tls_init(&o.tls))
+    exit(EXIT_FAILURE);
 
   bool uring = o.aio != AIO_THREADS && reactor_uring_works();
   if (o.aio == AIO_IO_URING && !uring) {

@@ -28,6 +28,12 @@ enum {
   OPT_BITMAPS,
   OPT_SINGLE,
   OPT_LOG,
+  OPT_TLS,
+  OPT_TLS_CERTIFICATES,
+  OPT_TLS_PSK,
+  OPT_TLS_VERIFY_PEER,
+  OPT_OBJECT,
+  OPT_TLS_CREDS,
 };
 
 static const char short_opts[] = "hVf:k:p:b:x:D:rte:o:nvl:sA";
@@ -69,6 +75,12 @@ static const struct option long_opts[] = {
     OPT_BLOCK_CACHE_WRITE_HIT },
   { "block-cache-write-miss", required_argument, NULL,
     OPT_BLOCK_CACHE_WRITE_MISS },
+  { "tls", required_argument, NULL, OPT_TLS },
+  { "tls-certificates", required_argument, NULL, OPT_TLS_CERTIFICATES },
+  { "tls-psk", required_argument, NULL, OPT_TLS_PSK },
+  { "tls-verify-peer", no_argument, NULL, OPT_TLS_VERIFY_PEER },
+  { "object", required_argument, NULL, OPT_OBJECT },
+  { "tls-creds", required_argument, NULL, OPT_TLS_CREDS },
   { NULL, 0, NULL, 0 },
 };
 
@@ -144,7 +156,19 @@ usage(void)
 "      --block-cache-write-hit=P     write-back (default) or write-through\n"
 "      --block-cache-write-miss=P    allocate (default) or no-allocate\n"
 "  A dirty block is always written back before it is evicted; FLUSH\n"
-"  writes back every dirty block.  Send SIGUSR1 for the cache counters.\n");
+"  writes back every dirty block.  Send SIGUSR1 for the cache counters.\n"
+"\n"
+"TLS (GnuTLS), as nbdkit spells it:\n"
+"      --tls=MODE            off (default), on (STARTTLS offered, plain text\n"
+"                            allowed) or require (every client must use TLS)\n"
+"      --tls-certificates=DIR  X.509: DIR/server-cert.pem, server-key.pem,\n"
+"                            ca-cert.pem (optional: ca-crl.pem, dh-params.pem)\n"
+"      --tls-psk=FILE        pre-shared keys, as psktool writes them\n"
+"      --tls-verify-peer     X.509: require a client certificate from the CA\n"
+"  or as qemu-nbd spells it (TLS is then required):\n"
+"      --object tls-creds-x509,id=ID,dir=DIR,endpoint=server[,verify-peer=on|off]\n"
+"      --object tls-creds-psk,id=ID,dir=DIR,endpoint=server   (DIR/keys.psk)\n"
+"      --tls-creds=ID        use the credentials object ID\n");
 }
 
 static void __attribute__((noreturn, format(printf, 1, 2)))
@@ -173,6 +197,113 @@ parse_u64(const char *s, uint64_t *out)
   return true;
 }
 
+/* A qemu --object: "TYPE,key=value,..." (",," is a literal comma).  The
+ * options point into them for the life of the process. */
+#define OBJECT_MAX_PROPS 8
+struct object {
+  char *type;
+  char *keys[OBJECT_MAX_PROPS], *values[OBJECT_MAX_PROPS];
+  int nprops;
+};
+static struct object objs[8];
+static int nobjs;
+static char *psk_path;
+
+static void
+parse_object(const char *spec, struct object *obj)
+{
+  char *buf = strdup(spec);
+  if (!buf)
+    die("out of memory");
+  /* Split on single commas, turning ",," into ",", in place. */
+  char *fields[OBJECT_MAX_PROPS + 1];
+  int n = 0;
+  char *out = buf;
+  fields[n++] = out;
+  for (const char *in = spec; *in; in++) {
+    if (*in == ',' && in[1] == ',')
+      *out++ = *in++;
+    else if (*in == ',') {
+      *out++ = '\0';
+      if (n == OBJECT_MAX_PROPS + 1)
+        die("--object: too many properties in '%s'", spec);
+      fields[n++] = out;
+    } else
+      *out++ = *in;
+  }
+  *out = '\0';
+  obj->type = fields[0];
+  obj->nprops = n - 1;
+  for (int i = 1; i < n; i++) {
+    char *eq = strchr(fields[i], '=');
+    if (!eq)
+      die("--object: property '%s' has no value", fields[i]);
+    *eq = '\0';
+    obj->keys[i - 1] = fields[i];
+    obj->values[i - 1] = eq + 1;
+  }
+}
+
+static const char *
+object_prop(const struct object *obj, const char *key)
+{
+  for (int i = 0; i < obj->nprops; i++)
+    if (strcmp(obj->keys[i], key) == 0)
+      return obj->values[i];
+  return NULL;
+}
+
+static bool
+parse_qemu_bool(const char *opt, const char *s)
+{
+  if (!strcmp(s, "on") || !strcmp(s, "yes") || !strcmp(s, "true"))
+    return true;
+  if (!strcmp(s, "off") || !strcmp(s, "no") || !strcmp(s, "false"))
+    return false;
+  die("%s: expected on or off, not '%s'", opt, s);
+}
+
+/* --tls-creds ID: the --object named ID, with qemu-nbd's rules. */
+static void
+use_tls_creds(struct options *o, const char *id)
+{
+  const struct object *obj = NULL;
+  for (int i = 0; i < nobjs; i++) {
+    const char *oid = object_prop(&objs[i], "id");
+    if (oid && strcmp(oid, id) == 0)
+      obj = &objs[i];
+  }
+  if (!obj)
+    die("--tls-creds: no --object with id '%s'", id);
+  bool x509 = strcmp(obj->type, "tls-creds-x509") == 0;
+  for (int i = 0; i < obj->nprops; i++) {
+    const char *k = obj->keys[i];
+    if (strcmp(k, "id") && strcmp(k, "dir") && strcmp(k, "endpoint") &&
+        strcmp(k, "priority") && strcmp(k, "username") &&
+        (!x509 || (strcmp(k, "verify-peer") && strcmp(k, "sanity-check"))))
+      die("--object %s: property '%s' is not supported", obj->type, k);
+  }
+  const char *dir = object_prop(obj, "dir");
+  const char *endpoint = object_prop(obj, "endpoint");
+  if (!dir)
+    die("--object %s,id=%s: the 'dir' property is needed", obj->type, id);
+  if (!endpoint || strcmp(endpoint, "server") != 0)
+    die("--tls-creds %s: expecting TLS credentials with a server endpoint",
+        id);
+  o->tls.mode = TLS_REQUIRE;
+  o->tls.priority = object_prop(obj, "priority");
+  if (x509) {
+    const char *vp = object_prop(obj, "verify-peer");
+    o->tls.x509_dir = dir;
+    o->tls.verify_peer = vp ? parse_qemu_bool("verify-peer", vp) : true;
+  } else {
+    /* QEMU's tls-creds-psk reads DIR/keys.psk. */
+    if (asprintf(&psk_path, "%s/keys.psk", dir) == -1)
+      die("out of memory");
+    o->tls.psk_file = psk_path;
+  }
+}
+
 void
 options_parse(int argc, char **argv, struct options *o)
 {
@@ -182,6 +313,8 @@ options_parse(int argc, char **argv, struct options *o)
   bool have_cache = false;
   int c;
   uint64_t v;
+  bool have_tls_mode = false;
+  const char *tls_creds = NULL;
 
   opterr = 0;
   while ((c = getopt_long(argc, argv, short_opts, long_opts, NULL)) != -1) {
@@ -340,6 +473,39 @@ options_parse(int argc, char **argv, struct options *o)
     case OPT_BLOCK_CACHE_WRITE_MISS:
       o->block_cache_write_miss = optarg;
       break;
+    case OPT_TLS:
+      if (strcmp(optarg, "off") == 0)
+        o->tls.mode = TLS_OFF;
+      else if (strcmp(optarg, "on") == 0)
+        o->tls.mode = TLS_ON;
+      else if (strcmp(optarg, "require") == 0)
+        o->tls.mode = TLS_REQUIRE;
+      else
+        die("invalid --tls mode '%s' (off, on, require)", optarg);
+      have_tls_mode = true;
+      break;
+    case OPT_TLS_CERTIFICATES:
+      o->tls.x509_dir = optarg;
+      break;
+    case OPT_TLS_PSK:
+      o->tls.psk_file = optarg;
+      break;
+    case OPT_TLS_VERIFY_PEER:
+      o->tls.verify_peer = true;
+      break;
+    case OPT_OBJECT:
+      if (nobjs == (int) (sizeof objs / sizeof objs[0]))
+        die("too many --object options");
+      parse_object(optarg, &objs[nobjs]);
+      if (strcmp(objs[nobjs].type, "tls-creds-x509") != 0 &&
+          strcmp(objs[nobjs].type, "tls-creds-psk") != 0)
+        die("--object %s: only tls-creds-x509 and tls-creds-psk are "
+            "supported", objs[nobjs].type);
+      nobjs++;
+      break;
+    case OPT_TLS_CREDS:
+      tls_creds = optarg;
+      break;
     case '?':
       if (optopt)
         die("option '-%c' %s (try --help)", optopt,
@@ -377,6 +543,20 @@ options_parse(int argc, char **argv, struct options *o)
                     o->persistent))
     die("--single serves the client on stdin/stdout: it cannot be combined "
         "with -k, -p, -b, -t or --fork");
+  if (tls_creds) {
+    if (have_tls_mode || o->tls.x509_dir || o->tls.psk_file ||
+        o->tls.verify_peer)
+      die("--tls-creds cannot be combined with the --tls* options");
+    use_tls_creds(o, tls_creds);
+  } else if (!have_tls_mode && (o->tls.x509_dir || o->tls.psk_file))
+    o->tls.mode = TLS_ON;  /* credentials given: offer TLS */
+  if (o->tls.mode != TLS_OFF && !o->tls.x509_dir && !o->tls.psk_file)
+    die("--tls=%s needs --tls-certificates=DIR or --tls-psk=FILE",
+        o->tls.mode == TLS_ON ? "on" : "require");
+  if (o->tls.x509_dir && o->tls.psk_file)
+    die("--tls-certificates and --tls-psk cannot be combined");
+  if (o->tls.verify_peer && !o->tls.x509_dir)
+    die("--tls-verify-peer needs --tls-certificates");
   if (!o->block_cache && (o->block_cache_block || o->block_cache_read_miss ||
                           o->block_cache_write_hit || o->block_cache_write_miss))
     die("the --block-cache-* options need --block-cache=SIZE");

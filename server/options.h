@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "export.h"
+#include "tls.h"
 
 enum aio_mode { AIO_DEFAULT, AIO_IO_URING, AIO_THREADS };
 
@@ -45,6 +46,7 @@ struct options {
   bool single;               /* --single: one client on stdin/stdout */
   bool log_syslog;           /* --log=syslog */
   unsigned threads;          /* 0: one per CPU */
+  struct tls_config tls;     /* --tls*, or --object tls-creds-* --tls-creds */
 };
 
 /* Parse argv.  On a bad command line print one line to stderr and exit
