@@ -131,6 +131,8 @@ open_protocol(const struct options *o, bool uring, const char **mode)
     struct kvs k = { .n = 0 };
     kv_add(&k, "uri", o->image);
     kv_add(&k, "readonly", o->readonly ? "on" : "off");
+    if (o->upstream_timeout)
+      kv_add(&k, "timeout", o->upstream_timeout);
     struct nbds_layer *nbd = nbds_layer_open("nbd", NULL, k.v, k.n);
     if (!nbd) {
       nbds_log_error("%s", nbds_last_error());

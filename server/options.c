@@ -26,6 +26,7 @@ enum {
   OPT_PLUGIN,
   OPT_L2_CACHE_SIZE,
   OPT_BITMAPS,
+  OPT_UPSTREAM_TIMEOUT,
 };
 
 static const char short_opts[] = "hVf:k:p:b:x:D:rte:o:nvl:";
@@ -55,6 +56,7 @@ static const struct option long_opts[] = {
   { "pid-file", required_argument, NULL, OPT_PID_FILE },
   { "threads", required_argument, NULL, OPT_THREADS },
   { "plugin", required_argument, NULL, OPT_PLUGIN },
+  { "upstream-timeout", required_argument, NULL, OPT_UPSTREAM_TIMEOUT },
   { "block-cache", required_argument, NULL, OPT_BLOCK_CACHE },
   { "block-cache-block", required_argument, NULL, OPT_BLOCK_CACHE_BLOCK },
   { "block-cache-read-miss", required_argument, NULL,
@@ -97,6 +99,9 @@ usage(void)
 "      --plugin=PLUGIN       serve an nbdkit plugin (a name from nbdkit's\n"
 "                            plugin directory, or a path to its .so); its\n"
 "                            parameters follow as KEY=VALUE, as for nbdkit\n"
+"      --upstream-timeout=SECONDS  with an NBD URI: fail a request the\n"
+"                            upstream has not answered in SECONDS with EIO\n"
+"                            and reconnect (default 30, 0 = wait forever)\n"
 "  -f, --format=FORMAT       image format: raw or qcow2 (never guessed)\n"
 "  -r, --read-only           export read-only\n"
 "  -o, --offset=OFFSET       export the image from byte OFFSET on (raw)\n"
@@ -287,6 +292,11 @@ options_parse(int argc, char **argv, struct options *o)
       break;
     case OPT_PLUGIN:
       o->plugin = optarg;
+      break;
+    case OPT_UPSTREAM_TIMEOUT:
+      if (!parse_u64(optarg, &v) || v > 86400)
+        die("invalid upstream timeout '%s' (seconds, 0..86400)", optarg);
+      o->upstream_timeout = optarg;
       break;
     case OPT_BLOCK_CACHE:
       o->block_cache = optarg;

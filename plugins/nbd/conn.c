@@ -10,8 +10,16 @@
  * When the upstream goes away every op in flight fails with EIO, new ops
  * fail at once, and a timer reconnects with back-off (0.1 s doubling to
  * 5 s).  A connect that has not finished after CONNECT_TIMEOUT counts as a
- * failure. */
+ * failure.
+ *
+ * An upstream that is alive but stops answering (stopped, wedged) is
+ * caught by the request timeout (u->timeout, --upstream-timeout): while the
+ * connection is up, the timer watches the oldest command in flight, and
+ * when it has waited that long the connection is dropped as if the
+ * upstream had died: everything in flight fails with EIO and the back-off
+ * reconnect starts. */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -38,7 +46,8 @@ struct nbd_conn {
   bool draining;
   ev_io io;
   int io_events;
-  ev_timer timer;           /* retry (C_DOWN) or connect timeout */
+  ev_timer timer;           /* retry (C_DOWN), connect timeout
+                               (C_CONNECTING), request timeout (C_UP) */
   double backoff;
   struct nbd_op *inflight;  /* sent to libnbd, not yet completed */
   struct nbd_op *done_head, **done_tail;  /* completed in a callback */
@@ -200,6 +209,27 @@ start_connect(struct nbd_conn *c)
   conn_after(c);
 }
 
+/* C_UP: fail the connection when its oldest command has waited
+ * u->timeout, else look again when it would have. */
+static void
+request_timeout_check(struct nbd_conn *c)
+{
+  if (!c->inflight || c->u->timeout <= 0)
+    return;
+  ev_tstamp oldest = c->inflight->sent;
+  for (struct nbd_op *op = c->inflight->next; op; op = op->next)
+    if (op->sent < oldest)
+      oldest = op->sent;
+  ev_tstamp left = oldest + c->u->timeout - ev_now(c->loop);
+  if (left <= 0) {
+    char why[80];
+    snprintf(why, sizeof why, "no reply within %g s", c->u->timeout);
+    conn_down(c, why);
+    return;
+  }
+  timer_arm(c, left);
+}
+
 static void
 timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
@@ -210,6 +240,8 @@ timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     start_connect(c);
   else if (c->state == C_CONNECTING)
     conn_down(c, "connect timed out");
+  else
+    request_timeout_check(c);
 }
 
 static void
@@ -291,14 +323,24 @@ extent_cb(void *user_data, const char *metacontext, uint64_t offset,
     return 0;
   struct nbds_extents *ex = op->job->req->extents;
   for (size_t i = 0; i + 1 < nr_entries; i += 2) {
-    if (ex->covered >= op->count)
+    if (ex->covered >= op->count - op->skip)
       break;
+    uint64_t length = entries[i];
+    if (op->skip) {
+      /* Aligned below the request's offset: drop what lies before it. */
+      uint64_t n = length < op->skip ? length : op->skip;
+      op->skip -= n;
+      op->count -= n;
+      length -= n;
+      if (!length)
+        continue;
+    }
     uint32_t flags = 0;
     if (entries[i + 1] & LIBNBD_STATE_HOLE)
       flags |= NBDS_EXTENT_HOLE;
     if (entries[i + 1] & LIBNBD_STATE_ZERO)
       flags |= NBDS_EXTENT_ZERO;
-    if (!nbds_extents_add(ex, entries[i], flags))
+    if (!nbds_extents_add(ex, length, flags))
       break;
   }
   return 0;
@@ -323,6 +365,9 @@ nbd_conn_issue(struct nbd_conn *c, struct nbd_op *op)
   int64_t cookie;
   /* In flight before the call: the callback may run inside it. */
   list_add(&c->inflight, op);
+  op->sent = ev_now(c->loop);
+  if (c->u->timeout > 0 && !ev_is_active(&c->timer))
+    timer_arm(c, c->u->timeout);
   switch (op->op) {
   case NBDS_OP_READ:
     cookie = nbd_aio_pread(c->h, op->buf, op->count, op->offset, done, 0);
