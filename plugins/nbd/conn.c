@@ -35,6 +35,8 @@
 
 enum conn_state { C_CONNECTING, C_UP, C_DOWN };
 
+struct connect_work;
+
 struct nbd_conn {
   struct nbd_upstream *u;
   struct nbds_reactor *r;
@@ -46,6 +48,7 @@ struct nbd_conn {
   bool draining;
   ev_io io;
   int io_events;
+  struct connect_work *connecting;  /* on a worker */
   ev_timer timer;           /* retry (C_DOWN), connect timeout
                                (C_CONNECTING), request timeout (C_UP) */
   double backoff;
@@ -185,28 +188,88 @@ completion_cb(void *user_data, int *error)
   return 1;
 }
 
+struct nbd_handle *
+nbd_handle_new(const struct nbd_upstream *u, bool extents)
+{
+  struct nbd_handle *h = nbd_create();
+  if (!h)
+    return NULL;
+  /* The URI is the administrator's, from the command line: it may name
+   * local files (tls-certificates=, tls-psk-file=). */
+  if (nbd_set_uri_allow_local_file(h, true) == -1 ||
+      nbd_set_tls_verify_peer(h, u->tls_verify_peer) == -1 ||
+      (extents &&
+       nbd_add_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) == -1)) {
+    nbd_close(h);
+    return NULL;
+  }
+  return h;
+}
+
+/* A connect started on a worker: libnbd resolves a host name with a
+ * blocking getaddrinfo() inside nbd_aio_connect_uri(), which must not
+ * stall the reactor (and every client on it) while DNS is slow or down.
+ * The rest of the connect (TCP, TLS, handshake) is non-blocking and runs
+ * in the reactor's loop. */
+struct connect_work {
+  struct nbds_work w;
+  struct nbd_conn *c;       /* NULL: the layer closed meanwhile */
+  struct nbd_handle *h;     /* connecting, or NULL */
+  char why[256];            /* when h is NULL */
+};
+
+static void
+connect_work_fn(struct nbds_work *w)
+{
+  struct connect_work *cw = (struct connect_work *) w;
+  struct nbd_upstream *u = cw->c->u;
+  cw->h = nbd_handle_new(u, u->caps.can_extents);
+  if (!cw->h || nbd_aio_connect_uri(cw->h, u->uri) == -1) {
+    /* libnbd's error is per thread: keep it for the reactor. */
+    snprintf(cw->why, sizeof cw->why, "%s", nbd_get_error());
+    if (cw->h)
+      nbd_close(cw->h);
+    cw->h = NULL;
+  }
+}
+
+static void
+connect_work_done(struct nbds_work *w)
+{
+  struct connect_work *cw = (struct connect_work *) w;
+  struct nbd_conn *c = cw->c;
+  if (!c) {
+    if (cw->h)
+      nbd_close(cw->h);
+    free(cw);
+    return;
+  }
+  c->connecting = NULL;
+  c->h = cw->h;
+  if (!c->h) {
+    conn_down(c, cw->why);
+    free(cw);
+    return;
+  }
+  free(cw);
+  timer_arm(c, CONNECT_TIMEOUT);
+  conn_after(c);
+}
+
 static void
 start_connect(struct nbd_conn *c)
 {
-  struct nbd_handle *h = nbd_create();
-  if (!h) {
-    conn_down(c, nbd_get_error());
-    return;
-  }
-  if (c->u->caps.can_extents &&
-      nbd_add_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) == -1) {
-    nbd_close(h);
-    conn_down(c, nbd_get_error());
-    return;
-  }
-  c->h = h;
   c->state = C_CONNECTING;
-  if (nbd_aio_connect_uri(h, c->u->uri) == -1) {
-    conn_down(c, nbd_get_error());
+  struct connect_work *cw = calloc(1, sizeof *cw);
+  if (!cw) {
+    conn_down(c, "out of memory");
     return;
   }
-  timer_arm(c, CONNECT_TIMEOUT);
-  conn_after(c);
+  cw->w.fn = connect_work_fn;
+  cw->w.done = connect_work_done;
+  cw->c = c;
+  c->connecting = cw;
+  nbds_work_submit(&cw->w);
 }
 
 /* C_UP: fail the connection when its oldest command has waited
@@ -482,6 +545,9 @@ nbd_conns_close(struct nbd_upstream *u)
     ev_timer_stop(c->loop, &c->timer);
     if (c->h)
       nbd_close(c->h);
+    /* Its completion still runs when the reactor is destroyed. */
+    if (c->connecting)
+      c->connecting->c = NULL;
     if (tls_c == c) {
       tls_u = NULL;
       tls_c = NULL;

@@ -1,7 +1,9 @@
 /* The nbd protocol layer: an export of an upstream NBD server.
  *
  *   uri=nbd://host:port/export | nbd+unix:///export?socket=PATH | ...
- *       (whatever libnbd's nbd_connect_uri accepts; required)
+ *       (whatever libnbd's nbd_connect_uri accepts, nbds:// and
+ *       nbds+unix:// with tls-certificates=DIR or tls-psk-file=FILE, plus
+ *       tls-verify-peer=false; required)
  *   readonly=on|off    do not write even if the upstream allows it
  *   timeout=SECONDS    a command the upstream has not answered after this
  *                      long fails with EIO and the connection is remade
@@ -84,6 +86,43 @@ probe(struct nbd_upstream *u, struct nbd_handle *h, bool readonly)
   return 0;
 }
 
+/* The URI's tls-verify-peer=BOOL query parameter, which libnbd 1.14
+ * does not parse itself (later versions do, with the same meaning). */
+static int
+uri_tls_verify_peer(const char *uri, bool *verify)
+{
+  static const char key[] = "tls-verify-peer=";
+  *verify = true;
+  const char *q = strchr(uri, '?');
+  while (q) {
+    q++;
+    if (strncmp(q, key, strlen(key)) == 0) {
+      const char *v = q + strlen(key);
+      size_t n = strcspn(v, "&#");
+      static const char *const no[] = { "false", "off", "no", "0" };
+      static const char *const yes[] = { "true", "on", "yes", "1" };
+      bool known = false;
+      for (size_t i = 0; i < 4; i++) {
+        if (strlen(no[i]) == n && strncmp(v, no[i], n) == 0) {
+          *verify = false;
+          known = true;
+        }
+        if (strlen(yes[i]) == n && strncmp(v, yes[i], n) == 0) {
+          *verify = true;
+          known = true;
+        }
+      }
+      if (!known) {
+        nbds_error("nbd: tls-verify-peer must be true or false, not '%.*s'",
+                   (int) n, v);
+        return -1;
+      }
+    }
+    q = strchr(q, '&');
+  }
+  return 0;
+}
+
 static int
 nbd_open(struct nbds_layer *l, const struct nbds_kv *kv, size_t nkv)
 {
@@ -99,6 +138,9 @@ nbd_open(struct nbds_layer *l, const struct nbds_kv *kv, size_t nkv)
     nbds_error("nbd: readonly must be on or off, not '%s'", ro);
     return -1;
   }
+  bool verify;
+  if (uri_tls_verify_peer(uri, &verify) == -1)
+    return -1;
   double timeout = DEFAULT_TIMEOUT;
   const char *to = nbds_kv_get(kv, nkv, "timeout");
   if (to) {
@@ -126,14 +168,15 @@ nbd_open(struct nbds_layer *l, const struct nbds_kv *kv, size_t nkv)
   u->home = self;
   u->rmw_tail = &u->rmw_head;
   u->timeout = timeout;
+  u->tls_verify_peer = verify;
 
-  struct nbd_handle *h = nbd_create();
+  /* At start-up a blocking connect (and name lookup) is fine. */
+  struct nbd_handle *h = nbd_handle_new(u, true);
   if (h && nbd_supports_uri(h) != 1) {
     nbds_error("nbd: this libnbd cannot parse NBD URIs");
     goto fail;
   }
-  if (!h || nbd_add_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) == -1 ||
-      nbd_connect_uri(h, uri) == -1) {
+  if (!h || nbd_connect_uri(h, uri) == -1) {
     nbds_error("nbd: cannot connect to %s: %s", uri, nbd_get_error());
     goto fail;
   }

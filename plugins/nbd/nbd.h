@@ -17,6 +17,7 @@ struct nbd_conn;
 /* The layer's state, shared by every reactor. */
 struct nbd_upstream {
   char *uri;
+  bool tls_verify_peer;     /* the URI's tls-verify-peer= (default true) */
   uint64_t size;
   struct nbds_caps caps;    /* what the upstream advertised at open */
   uint32_t max;             /* READ/WRITE/CACHE are split at this size */
@@ -102,6 +103,8 @@ struct nbd_conn *nbd_conn_adopt(struct nbd_upstream *u, struct nbds_reactor *r,
 /* Start an op on c (the calling thread is c's reactor).  The op ends in
  * nbd_op_done(), maybe before this returns. */
 void nbd_conn_issue(struct nbd_conn *c, struct nbd_op *op);
+/* A new handle, before connecting; NULL with libnbd's error set. */
+struct nbd_handle *nbd_handle_new(const struct nbd_upstream *u, bool extents);
 /* Close every connection (all reactors have stopped). */
 void nbd_conns_close(struct nbd_upstream *u);
 
