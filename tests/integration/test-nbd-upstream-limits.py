@@ -23,13 +23,12 @@ import os
 import random
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import Test, skip, SERVER_KIND  # noqa: E402
+from nbdpeers import Peers  # noqa: E402
 
 try:
     import nbd
@@ -51,34 +50,10 @@ MIN, MAX = 4 * K, 64 * K
 t = Test()
 ksock = os.path.join(t.scratch, "up.sock")
 klog = os.path.join(t.scratch, "up-commands.log")
-kit = subprocess.Popen(["nbdkit", "-f", "-U", ksock, "--filter=log", "--filter=blocksize-policy",
-                        "memory", str(SIZE), "logfile=" + klog,
-                        "blocksize-minimum=%d" % MIN, "blocksize-preferred=%d" % MAX,
-                        "blocksize-maximum=%d" % MAX, "blocksize-error-policy=error"],
-                       stdin=subprocess.DEVNULL, stderr=open(os.path.join(t.scratch, "nbdkit.err"), "wb"))
-
-
-def stop_kit():
-    if kit.poll() is None:
-        kit.kill()
-        kit.wait()
-
-
-import atexit  # noqa: E402
-atexit.register(stop_kit)
-
-deadline = time.monotonic() + 15
-while True:
-    s = socket.socket(socket.AF_UNIX)
-    try:
-        s.connect(ksock)
-        break
-    except OSError:
-        if kit.poll() is not None or time.monotonic() > deadline:
-            t.fatal("nbdkit did not start")
-        time.sleep(0.05)
-    finally:
-        s.close()
+Peers(t).start("nbdkit", ["nbdkit", "-f", "-U", ksock, "--filter=log", "--filter=blocksize-policy",
+                         "memory", str(SIZE), "logfile=" + klog,
+                         "blocksize-minimum=%d" % MIN, "blocksize-preferred=%d" % MAX,
+                         "blocksize-maximum=%d" % MAX, "blocksize-error-policy=error"], ksock)
 UP_URI = "nbd+unix:///?socket=" + ksock
 
 # The upstream enforces its limits.

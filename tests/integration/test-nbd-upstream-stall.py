@@ -13,13 +13,13 @@
 import os
 import signal
 import shutil
-import socket
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import Test, skip, SERVER_KIND, NBDSTACK  # noqa: E402
+from nbdpeers import Peers, nbd_errno  # noqa: E402
 
 try:
     import nbd
@@ -36,47 +36,11 @@ TIMEOUT = 2
 BOUND = TIMEOUT + 10
 
 t = Test()
-procs = []
-
-
-def cleanup():
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGCONT)
-            p.kill()
-            p.wait()
-
-
-import atexit  # noqa: E402
-atexit.register(cleanup)
+peers = Peers(t)
 
 
 def start_nbdkit(sock):
-    if os.path.exists(sock):
-        os.unlink(sock)
-    p = subprocess.Popen(["nbdkit", "-f", "-U", sock, "memory", "64M"], stdin=subprocess.DEVNULL,
-                         stderr=open(os.path.join(t.scratch, "nbdkit.log"), "ab"))
-    procs.append(p)
-    deadline = time.monotonic() + 15
-    while True:
-        s = socket.socket(socket.AF_UNIX)
-        try:
-            s.connect(sock)
-            return p
-        except OSError:
-            if p.poll() is not None or time.monotonic() > deadline:
-                t.fatal("nbdkit did not start")
-            time.sleep(0.05)
-        finally:
-            s.close()
-
-
-def nbd_errno(fn, *a):
-    try:
-        fn(*a)
-        return 0
-    except nbd.Error as e:
-        return e.errno or -1
+    return peers.start("nbdkit", ["nbdkit", "-f", "-U", sock, "memory", "64M"], sock)
 
 
 def connect(uri):

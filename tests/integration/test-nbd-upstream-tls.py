@@ -24,6 +24,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import Test, skip, SERVER_KIND, NBDSTACK  # noqa: E402
+from nbdpeers import Peers  # noqa: E402
 
 try:
     import nbd
@@ -41,18 +42,7 @@ K = 1024
 M = K * K
 t = Test()
 D = t.scratch
-procs = []
-
-
-def cleanup():
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-
-
-import atexit  # noqa: E402
-atexit.register(cleanup)
+peers = Peers(t)
 
 
 def run(argv, stdin=None):
@@ -117,30 +107,11 @@ def free_port():
     return port
 
 
-def start_nbdkit(name, tls_args, listen):
-    """listen: ("unix", path) or ("tcp", port)."""
-    argv = ["nbdkit", "-f", "--tls=require"] + tls_args
-    if listen[0] == "unix":
-        if os.path.exists(listen[1]):
-            os.unlink(listen[1])
-        argv += ["-U", listen[1]]
-    else:
-        argv += ["-i", "127.0.0.1", "-p", str(listen[1])]
-    argv += ["memory", "64M"]
-    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=open(os.path.join(D, name + ".log"), "ab"))
-    procs.append(p)
-    deadline = time.monotonic() + 15
-    while True:
-        s = socket.socket(socket.AF_UNIX if listen[0] == "unix" else socket.AF_INET)
-        try:
-            s.connect(listen[1] if listen[0] == "unix" else ("127.0.0.1", listen[1]))
-            return p
-        except OSError:
-            if p.poll() is not None or time.monotonic() > deadline:
-                t.fatal("nbdkit %s did not start: %s" % (name, " ".join(argv)))
-            time.sleep(0.05)
-        finally:
-            s.close()
+def start_nbdkit(name, tls_args, addr):
+    """addr: a unix socket path, or a TCP port on 127.0.0.1."""
+    where = ["-U", addr] if isinstance(addr, str) else ["-i", "127.0.0.1", "-p", str(addr)]
+    return peers.start(name, ["nbdkit", "-f", "--tls=require"] + tls_args + where + ["memory", "64M"],
+                       addr if isinstance(addr, str) else ("127.0.0.1", addr))
 
 
 def refused(what, uri, pattern):
@@ -173,7 +144,7 @@ def through_chain(what, up_uri, verify=True):
 
 # --- X.509 over a unix socket, client certificate verified by nbdkit ----------
 usock = os.path.join(D, "up.sock")
-kit = start_nbdkit("nbdkit-x509", ["--tls-certificates=" + srv_dir, "--tls-verify-peer"], ("unix", usock))
+kit = start_nbdkit("nbdkit-x509", ["--tls-certificates=" + srv_dir, "--tls-verify-peer"], usock)
 x509_uri = "nbds+unix:///?socket=%s&tls-certificates=%s" % (usock, cli_dir)
 chain = through_chain("nbds+unix X.509", x509_uri)
 
@@ -193,7 +164,7 @@ try:
 except nbd.Error as e:
     err = e.errno
 t.eq(err, "EIO", "upstream killed: a read through the chain fails with EIO")
-kit = start_nbdkit("nbdkit-x509", ["--tls-certificates=" + srv_dir, "--tls-verify-peer"], ("unix", usock))
+kit = start_nbdkit("nbdkit-x509", ["--tls-certificates=" + srv_dir, "--tls-verify-peer"], usock)
 deadline = time.monotonic() + 20
 ok = False
 while time.monotonic() < deadline:
@@ -215,7 +186,7 @@ kit.wait()
 # server (only over TCP: libnbd 1.14 checks the certificate against the
 # host name, and a unix socket has none), unless tls-verify-peer=false ----
 port = free_port()
-kit = start_nbdkit("nbdkit-tcp", ["--tls-certificates=" + srv_dir], ("tcp", port))
+kit = start_nbdkit("nbdkit-tcp", ["--tls-certificates=" + srv_dir], port)
 tcp_uri = "nbds://localhost:%d/?tls-certificates=%%s" % port
 t.stop_server_ok(through_chain("nbds://localhost X.509", tcp_uri % cli_dir))
 refused("a server certificate the client's CA did not sign", tcp_uri % oth_dir, "verif")
@@ -225,7 +196,7 @@ kit.kill()
 kit.wait()
 
 # --- PSK ---------------------------------------------------------------------------
-kit = start_nbdkit("nbdkit-psk", ["--tls-psk=" + psk], ("unix", usock))
+kit = start_nbdkit("nbdkit-psk", ["--tls-psk=" + psk], usock)
 t.stop_server_ok(through_chain("nbds+unix PSK", "nbds+unix://alice@/?socket=%s&tls-psk-file=%s" % (usock, psk)))
 refused("a wrong PSK", "nbds+unix://alice@/?socket=%s&tls-psk-file=%s" % (usock, bad_psk), "tls")
 kit.kill()
