@@ -14,7 +14,9 @@
 # both.  The chain is stopped (SIGTERM, exit 0), the image is copied out of
 # the upstream with nbdcopy, and `qemu-img check` must exit 0 and `qemu-img
 # compare` must find its guest contents equal to the replica and to what
-# the chain served.
+# the chain served.  Last, an export too small for what is written: the
+# write that does not fit fails with ENOSPC, the rest stays readable, and
+# the image still checks clean.
 . "$(dirname "$0")/lib.sh"
 . "$SRCDIR/qcow2-lib.sh"
 need_tool fio qemu-img qemu-io qemu-nbd nbdkit nbdcopy
@@ -139,4 +141,17 @@ over_case "over nbdkit file, 4K minimum / 64K maximum block size (errors otherwi
     nbdkit -f -U "$SCRATCH/up.sock" --filter=blocksize-policy file "$SCRATCH/host.img" \
     blocksize-minimum=4096 blocksize-preferred=65536 blocksize-maximum=65536 \
     blocksize-error-policy=error
+# --- an export that fills up ---------------------------------------------------
+qemu-img create -q -f qcow2 full.img "$VSIZE"
+truncate -s $((8 * M)) full.img
+qstart upfull /usr/bin/qemu-nbd -f raw -t full.img || fail "qemu-nbd did not start"
+dut qf -t "$(uri upfull)" || fail "chain over the small export did not start"
+qio_run "small export" raw "$(uri qf)" "write -P 0x71 0 6M" && ok "small export: 6 MiB fit"
+with_timeout 120 qemu-io -f raw "$(uri qf)" -c "write -P 0x72 6M 4M" >full.out 2>&1
+expect_true "small export: a write past the room fails with ENOSPC ($(tr '\n' ' ' <full.out | cut -c1-120))" \
+    grep -q "No space left on device" full.out
+QIO_RO=1 qio_run "small export" raw "$(uri qf)" "read -P 0x71 0 6M" && ok "small export: the data that fit reads back"
+stop_server_ok qf
+stop_server upfull
+qimg_check full.img "small export: the full image"
 finish
