@@ -213,6 +213,7 @@ nbd_handle_new(const struct nbd_upstream *u, bool extents)
  * in the reactor's loop. */
 struct connect_work {
   struct nbds_work w;
+  struct nbd_upstream *u;
   struct nbd_conn *c;       /* NULL: the layer closed meanwhile */
   struct nbd_handle *h;     /* connecting, or NULL */
   char why[256];            /* when h is NULL */
@@ -222,7 +223,7 @@ static void
 connect_work_fn(struct nbds_work *w)
 {
   struct connect_work *cw = (struct connect_work *) w;
-  struct nbd_upstream *u = cw->c->u;
+  struct nbd_upstream *u = cw->u;
   cw->h = nbd_handle_new(u, u->caps.can_extents);
   if (!cw->h || nbd_aio_connect_uri(cw->h, u->uri) == -1) {
     /* libnbd's error is per thread: keep it for the reactor. */
@@ -267,6 +268,7 @@ start_connect(struct nbd_conn *c)
   }
   cw->w.fn = connect_work_fn;
   cw->w.done = connect_work_done;
+  cw->u = c->u;
   cw->c = c;
   c->connecting = cw;
   nbds_work_submit(&cw->w);
