@@ -114,6 +114,10 @@ static struct nbds_layer *
 open_protocol(const struct options *o, bool uring, const char **mode)
 {
   *mode = o->cache ? o->cache : "writeback";
+  if (o->upstream_timeout && (o->plugin || !cmdline_image_is_uri(o->image))) {
+    nbds_log_error("--upstream-timeout applies only to an NBD URI image");
+    exit(EXIT_FAILURE);
+  }
   if (o->plugin || cmdline_image_is_uri(o->image)) {
     bool direct = strcmp(*mode, "none") == 0 ||
                   strcmp(*mode, "directsync") == 0;

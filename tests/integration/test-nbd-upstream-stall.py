@@ -9,7 +9,7 @@
 # and restarted: the export recovers too.  --upstream-timeout=0 waits
 # forever: a request sent to a stopped upstream is still pending seconds
 # later, and succeeds after SIGCONT.  Bad values are refused with a clear
-# error, and --help documents the option.
+# error (as is the option on a file image), and --help documents it.
 import os
 import signal
 import shutil
@@ -96,6 +96,11 @@ for bad in ("abc", "-1", "1.5x", "99999999"):
     msg = r.stdout.decode(errors="replace").strip()
     t.check(r.returncode == 1 and "upstream timeout" in msg and len(msg.splitlines()) == 1,
             "--upstream-timeout=%s refused: %r" % (bad, msg))
+
+r = subprocess.run([NBDSTACK, "-k", os.path.join(t.scratch, "x.sock"), "--upstream-timeout=5",
+                    t.image("plain.img", 1 * M)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
+msg = r.stdout.decode(errors="replace").strip()
+t.check(r.returncode == 1 and "only to an NBD URI" in msg, "--upstream-timeout on a file image refused: %r" % msg)
 
 ksock = os.path.join(t.scratch, "up.sock")
 uri_up = "nbd+unix:///?socket=" + ksock
