@@ -122,6 +122,10 @@ static struct nbds_layer *
 open_protocol(const struct options *o, bool uring, const char **mode)
 {
   *mode = o->cache ? o->cache : "writeback";
+  if (o->upstream_timeout && (o->plugin || !cmdline_image_is_uri(o->image))) {
+    nbds_log_error("--upstream-timeout applies only to an NBD URI image");
+    exit(EXIT_FAILURE);
+  }
   if (o->plugin || cmdline_image_is_uri(o->image)) {
     bool direct = strcmp(*mode, "none") == 0 ||
                   strcmp(*mode, "directsync") == 0;
@@ -139,6 +143,8 @@ open_protocol(const struct options *o, bool uring, const char **mode)
     struct kvs k = { .n = 0 };
     kv_add(&k, "uri", o->image);
     kv_add(&k, "readonly", image_readonly(o));
+    if (o->upstream_timeout)
+      kv_add(&k, "timeout", o->upstream_timeout);
     struct nbds_layer *nbd = nbds_layer_open("nbd", NULL, k.v, k.n);
     if (!nbd) {
       nbds_log_error("%s", nbds_last_error());

@@ -34,6 +34,7 @@ enum {
   OPT_TLS_VERIFY_PEER,
   OPT_OBJECT,
   OPT_TLS_CREDS,
+  OPT_UPSTREAM_TIMEOUT,
 };
 
 static const char short_opts[] = "hVf:k:p:b:x:D:rte:o:nvl:sA";
@@ -67,6 +68,7 @@ static const struct option long_opts[] = {
   { "single", no_argument, NULL, OPT_SINGLE },
   { "log", required_argument, NULL, OPT_LOG },
   { "plugin", required_argument, NULL, OPT_PLUGIN },
+  { "upstream-timeout", required_argument, NULL, OPT_UPSTREAM_TIMEOUT },
   { "block-cache", required_argument, NULL, OPT_BLOCK_CACHE },
   { "block-cache-block", required_argument, NULL, OPT_BLOCK_CACHE_BLOCK },
   { "block-cache-read-miss", required_argument, NULL,
@@ -91,8 +93,9 @@ usage(void)
 "Usage: nbdstack [OPTIONS] FILE\n"
 "       nbdstack [OPTIONS] --plugin PLUGIN [KEY=VALUE ...]\n"
 "Export a disk image over NBD (a drop-in for qemu-nbd).  FILE may also be\n"
-"an NBD URI (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH):\n"
-"the export is then served from that upstream NBD server.\n"
+"an NBD URI (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH;\n"
+"TLS: nbds://, nbds+unix:// with tls-certificates=DIR or tls-psk-file=FILE,\n"
+"tls-verify-peer=false): the export is then served from that upstream.\n"
 "\n"
 "  -h, --help                display this help and exit\n"
 "  -V, --version             output version information and exit\n"
@@ -126,6 +129,9 @@ usage(void)
 "      --plugin=PLUGIN       serve an nbdkit plugin (a name from nbdkit's\n"
 "                            plugin directory, or a path to its .so); its\n"
 "                            parameters follow as KEY=VALUE, as for nbdkit\n"
+"      --upstream-timeout=SECONDS  with an NBD URI: fail a request the\n"
+"                            upstream has not answered in SECONDS with EIO\n"
+"                            and reconnect (default 30, 0 = wait forever)\n"
 "  -f, --format=FORMAT       image format: raw or qcow2 (never guessed)\n"
 "  -r, --read-only           export read-only\n"
 "  -o, --offset=OFFSET       export the image from byte OFFSET on (raw)\n"
@@ -457,6 +463,11 @@ options_parse(int argc, char **argv, struct options *o)
       break;
     case OPT_PLUGIN:
       o->plugin = optarg;
+      break;
+    case OPT_UPSTREAM_TIMEOUT:
+      if (!parse_u64(optarg, &v) || v > 86400)
+        die("invalid upstream timeout '%s' (seconds, 0..86400)", optarg);
+      o->upstream_timeout = optarg;
       break;
     case OPT_BLOCK_CACHE:
       o->block_cache = optarg;

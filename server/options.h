@@ -14,6 +14,7 @@ enum aio_mode { AIO_DEFAULT, AIO_IO_URING, AIO_THREADS };
 struct options {
   const char *image;         /* the FILE argument (with --plugin: its name) */
   const char *plugin;        /* --plugin: an nbdkit plugin name or path */
+  const char *upstream_timeout;  /* --upstream-timeout: seconds, NULL: default */
   const char *const *plugin_args;  /* its KEY=VALUE parameters */
   int nplugin_args;
   const char *format;        /* NULL: raw, unless the image is another format */

@@ -10,8 +10,16 @@
  * When the upstream goes away every op in flight fails with EIO, new ops
  * fail at once, and a timer reconnects with back-off (0.1 s doubling to
  * 5 s).  A connect that has not finished after CONNECT_TIMEOUT counts as a
- * failure. */
+ * failure.
+ *
+ * An upstream that is alive but stops answering (stopped, wedged) is
+ * caught by the request timeout (u->timeout, --upstream-timeout): while the
+ * connection is up, the timer watches the oldest command in flight, and
+ * when it has waited that long the connection is dropped as if the
+ * upstream had died: everything in flight fails with EIO and the back-off
+ * reconnect starts. */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -27,6 +35,8 @@
 
 enum conn_state { C_CONNECTING, C_UP, C_DOWN };
 
+struct connect_work;
+
 struct nbd_conn {
   struct nbd_upstream *u;
   struct nbds_reactor *r;
@@ -38,7 +48,9 @@ struct nbd_conn {
   bool draining;
   ev_io io;
   int io_events;
-  ev_timer timer;           /* retry (C_DOWN) or connect timeout */
+  struct connect_work *connecting;  /* on a worker */
+  ev_timer timer;           /* retry (C_DOWN), connect timeout
+                               (C_CONNECTING), request timeout (C_UP) */
   double backoff;
   struct nbd_op *inflight;  /* sent to libnbd, not yet completed */
   struct nbd_op *done_head, **done_tail;  /* completed in a callback */
@@ -176,28 +188,111 @@ completion_cb(void *user_data, int *error)
   return 1;
 }
 
+struct nbd_handle *
+nbd_handle_new(const struct nbd_upstream *u, bool extents)
+{
+  struct nbd_handle *h = nbd_create();
+  if (!h)
+    return NULL;
+  /* The URI is the administrator's, from the command line: it may name
+   * local files (tls-certificates=, tls-psk-file=). */
+  if (nbd_set_uri_allow_local_file(h, true) == -1 ||
+      nbd_set_tls_verify_peer(h, u->tls_verify_peer) == -1 ||
+      (extents &&
+       nbd_add_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) == -1)) {
+    nbd_close(h);
+    return NULL;
+  }
+  return h;
+}
+
+/* A connect started on a worker: libnbd resolves a host name with a
+ * blocking getaddrinfo() inside nbd_aio_connect_uri(), which must not
+ * stall the reactor (and every client on it) while DNS is slow or down.
+ * The rest of the connect (TCP, TLS, handshake) is non-blocking and runs
+ * in the reactor's loop. */
+struct connect_work {
+  struct nbds_work w;
+  struct nbd_upstream *u;
+  struct nbd_conn *c;       /* NULL: the layer closed meanwhile */
+  struct nbd_handle *h;     /* connecting, or NULL */
+  char why[256];            /* when h is NULL */
+};
+
+static void
+connect_work_fn(struct nbds_work *w)
+{
+  struct connect_work *cw = (struct connect_work *) w;
+  struct nbd_upstream *u = cw->u;
+  cw->h = nbd_handle_new(u, u->caps.can_extents);
+  if (!cw->h || nbd_aio_connect_uri(cw->h, u->uri) == -1) {
+    /* libnbd's error is per thread: keep it for the reactor. */
+    snprintf(cw->why, sizeof cw->why, "%s", nbd_get_error());
+    if (cw->h)
+      nbd_close(cw->h);
+    cw->h = NULL;
+  }
+}
+
+static void
+connect_work_done(struct nbds_work *w)
+{
+  struct connect_work *cw = (struct connect_work *) w;
+  struct nbd_conn *c = cw->c;
+  if (!c) {
+    if (cw->h)
+      nbd_close(cw->h);
+    free(cw);
+    return;
+  }
+  c->connecting = NULL;
+  c->h = cw->h;
+  if (!c->h) {
+    conn_down(c, cw->why);
+    free(cw);
+    return;
+  }
+  free(cw);
+  timer_arm(c, CONNECT_TIMEOUT);
+  conn_after(c);
+}
+
 static void
 start_connect(struct nbd_conn *c)
 {
-  struct nbd_handle *h = nbd_create();
-  if (!h) {
-    conn_down(c, nbd_get_error());
-    return;
-  }
-  if (c->u->caps.can_extents &&
-      nbd_add_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) == -1) {
-    nbd_close(h);
-    conn_down(c, nbd_get_error());
-    return;
-  }
-  c->h = h;
   c->state = C_CONNECTING;
-  if (nbd_aio_connect_uri(h, c->u->uri) == -1) {
-    conn_down(c, nbd_get_error());
+  struct connect_work *cw = calloc(1, sizeof *cw);
+  if (!cw) {
+    conn_down(c, "out of memory");
     return;
   }
-  timer_arm(c, CONNECT_TIMEOUT);
-  conn_after(c);
+  cw->w.fn = connect_work_fn;
+  cw->w.done = connect_work_done;
+  cw->u = c->u;
+  cw->c = c;
+  c->connecting = cw;
+  nbds_work_submit(&cw->w);
+}
+
+/* C_UP: fail the connection when its oldest command has waited
+ * u->timeout, else look again when it would have. */
+static void
+request_timeout_check(struct nbd_conn *c)
+{
+  if (!c->inflight || c->u->timeout <= 0)
+    return;
+  ev_tstamp oldest = c->inflight->sent;
+  for (struct nbd_op *op = c->inflight->next; op; op = op->next)
+    if (op->sent < oldest)
+      oldest = op->sent;
+  ev_tstamp left = oldest + c->u->timeout - ev_now(c->loop);
+  if (left <= 0) {
+    char why[80];
+    snprintf(why, sizeof why, "no reply within %g s", c->u->timeout);
+    conn_down(c, why);
+    return;
+  }
+  timer_arm(c, left);
 }
 
 static void
@@ -210,6 +305,8 @@ timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
     start_connect(c);
   else if (c->state == C_CONNECTING)
     conn_down(c, "connect timed out");
+  else
+    request_timeout_check(c);
 }
 
 static void
@@ -291,14 +388,24 @@ extent_cb(void *user_data, const char *metacontext, uint64_t offset,
     return 0;
   struct nbds_extents *ex = op->job->req->extents;
   for (size_t i = 0; i + 1 < nr_entries; i += 2) {
-    if (ex->covered >= op->count)
+    if (ex->covered >= op->count - op->skip)
       break;
+    uint64_t length = entries[i];
+    if (op->skip) {
+      /* Aligned below the request's offset: drop what lies before it. */
+      uint64_t n = length < op->skip ? length : op->skip;
+      op->skip -= n;
+      op->count -= n;
+      length -= n;
+      if (!length)
+        continue;
+    }
     uint32_t flags = 0;
     if (entries[i + 1] & LIBNBD_STATE_HOLE)
       flags |= NBDS_EXTENT_HOLE;
     if (entries[i + 1] & LIBNBD_STATE_ZERO)
       flags |= NBDS_EXTENT_ZERO;
-    if (!nbds_extents_add(ex, entries[i], flags))
+    if (!nbds_extents_add(ex, length, flags))
       break;
   }
   return 0;
@@ -323,6 +430,9 @@ nbd_conn_issue(struct nbd_conn *c, struct nbd_op *op)
   int64_t cookie;
   /* In flight before the call: the callback may run inside it. */
   list_add(&c->inflight, op);
+  op->sent = ev_now(c->loop);
+  if (c->u->timeout > 0 && !ev_is_active(&c->timer))
+    timer_arm(c, c->u->timeout);
   switch (op->op) {
   case NBDS_OP_READ:
     cookie = nbd_aio_pread(c->h, op->buf, op->count, op->offset, done, 0);
@@ -437,6 +547,9 @@ nbd_conns_close(struct nbd_upstream *u)
     ev_timer_stop(c->loop, &c->timer);
     if (c->h)
       nbd_close(c->h);
+    /* Its completion still runs when the reactor is destroyed. */
+    if (c->connecting)
+      c->connecting->c = NULL;
     if (tls_c == c) {
       tls_u = NULL;
       tls_c = NULL;

@@ -1,8 +1,13 @@
 /* The nbd protocol layer: an export of an upstream NBD server.
  *
  *   uri=nbd://host:port/export | nbd+unix:///export?socket=PATH | ...
- *       (whatever libnbd's nbd_connect_uri accepts; required)
+ *       (whatever libnbd's nbd_connect_uri accepts, nbds:// and
+ *       nbds+unix:// with tls-certificates=DIR or tls-psk-file=FILE, plus
+ *       tls-verify-peer=false; required)
  *   readonly=on|off    do not write even if the upstream allows it
+ *   timeout=SECONDS    a command the upstream has not answered after this
+ *                      long fails with EIO and the connection is remade
+ *                      (default 30; 0: wait forever)
  *
  * open() connects synchronously (start-up may block) to learn the size and
  * what the upstream can do; the layer advertises only that.  Requests run
@@ -13,7 +18,8 @@
  *
  * READ/WRITE/CACHE larger than the upstream's maximum block size, and
  * vectored READ/WRITE, become several commands; TRIM/ZERO are split at
- * 1 GiB (the NBD length field is 32 bits). */
+ * 1 GiB (the NBD length field is 32 bits).  Requests that do not fit the
+ * upstream's minimum block size are aligned by align.c. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,7 +29,9 @@
 #define MAX_PAYLOAD (32u * 1024 * 1024)
 #define MAX_EFFECT (1u << 30)
 
-static const char *const known_keys[] = { "uri", "readonly", NULL };
+static const char *const known_keys[] = { "uri", "readonly", "timeout", NULL };
+
+#define DEFAULT_TIMEOUT 30.0
 
 static uint32_t
 pow2_or(int64_t v, uint32_t lo, uint32_t hi, uint32_t dflt)
@@ -64,10 +72,54 @@ probe(struct nbd_upstream *u, struct nbd_handle *h, bool readonly)
                           pref_floor, MAX_PAYLOAD,
                           pref_floor > 4096 ? pref_floor : 4096);
   int64_t max = nbd_get_block_size(h, LIBNBD_SIZE_MAXIMUM);
-  c->block_max = max <= 0 || max > MAX_PAYLOAD ? MAX_PAYLOAD : (uint32_t) max;
-  if (c->block_max < c->block_min)
-    c->block_max = c->block_min;
-  u->max = c->block_max;
+  u->max = max <= 0 || max > MAX_PAYLOAD ? MAX_PAYLOAD : (uint32_t) max;
+  u->max &= ~(c->block_min - 1);
+  if (u->max < c->block_min)
+    u->max = c->block_min;
+  /* Requests are split at the upstream's maximum and made to fit its
+   * minimum (align.c), so the layer takes any request, as qemu-nbd
+   * does.  Clients that follow the preferred size avoid the
+   * read-modify-writes. */
+  u->align = c->block_min;
+  c->block_min = 1;
+  c->block_max = MAX_PAYLOAD;
+  return 0;
+}
+
+/* The URI's tls-verify-peer=BOOL query parameter, which libnbd 1.14
+ * does not parse itself (later versions do, with the same meaning). */
+static int
+uri_tls_verify_peer(const char *uri, bool *verify)
+{
+  static const char key[] = "tls-verify-peer=";
+  *verify = true;
+  const char *q = strchr(uri, '?');
+  while (q) {
+    q++;
+    if (strncmp(q, key, strlen(key)) == 0) {
+      const char *v = q + strlen(key);
+      size_t n = strcspn(v, "&#");
+      static const char *const no[] = { "false", "off", "no", "0" };
+      static const char *const yes[] = { "true", "on", "yes", "1" };
+      bool known = false;
+      for (size_t i = 0; i < 4; i++) {
+        if (strlen(no[i]) == n && strncmp(v, no[i], n) == 0) {
+          *verify = false;
+          known = true;
+        }
+        if (strlen(yes[i]) == n && strncmp(v, yes[i], n) == 0) {
+          *verify = true;
+          known = true;
+        }
+      }
+      if (!known) {
+        nbds_error("nbd: tls-verify-peer must be true or false, not '%.*s'",
+                   (int) n, v);
+        return -1;
+      }
+    }
+    q = strchr(q, '&');
+  }
   return 0;
 }
 
@@ -86,6 +138,20 @@ nbd_open(struct nbds_layer *l, const struct nbds_kv *kv, size_t nkv)
     nbds_error("nbd: readonly must be on or off, not '%s'", ro);
     return -1;
   }
+  bool verify;
+  if (uri_tls_verify_peer(uri, &verify) == -1)
+    return -1;
+  double timeout = DEFAULT_TIMEOUT;
+  const char *to = nbds_kv_get(kv, nkv, "timeout");
+  if (to) {
+    char *end;
+    errno = 0;
+    timeout = strtod(to, &end);
+    if (errno || end == to || *end || !(timeout >= 0 && timeout <= 86400)) {
+      nbds_error("nbd: timeout must be seconds (0..86400), not '%s'", to);
+      return -1;
+    }
+  }
   struct nbds_reactor *self = nbds_reactor_self();
   if (!self) {
     nbds_error("nbd: the layer must be opened on a reactor");
@@ -100,14 +166,17 @@ nbd_open(struct nbds_layer *l, const struct nbds_kv *kv, size_t nkv)
   }
   pthread_mutex_init(&u->lock, NULL);
   u->home = self;
+  u->rmw_tail = &u->rmw_head;
+  u->timeout = timeout;
+  u->tls_verify_peer = verify;
 
-  struct nbd_handle *h = nbd_create();
+  /* At start-up a blocking connect (and name lookup) is fine. */
+  struct nbd_handle *h = nbd_handle_new(u, true);
   if (h && nbd_supports_uri(h) != 1) {
     nbds_error("nbd: this libnbd cannot parse NBD URIs");
     goto fail;
   }
-  if (!h || nbd_add_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) == -1 ||
-      nbd_connect_uri(h, uri) == -1) {
+  if (!h || nbd_connect_uri(h, uri) == -1) {
     nbds_error("nbd: cannot connect to %s: %s", uri, nbd_get_error());
     goto fail;
   }
@@ -167,14 +236,25 @@ complete_posted(void *arg)
   nbds_req_complete(req, err);
 }
 
-static void
-job_finish(struct nbd_job *job)
+void
+nbd_job_finish(struct nbd_job *job)
 {
   if (job->origin != nbds_reactor_self()) {
     nbds_reactor_post(job->origin, complete_posted, job);
     return;
   }
   complete_posted(job);
+}
+
+static void
+job_step(struct nbd_job *job)
+{
+  void (*after)(struct nbd_job *) = job->after;
+  job->after = NULL;
+  if (after)
+    after(job);
+  else
+    nbd_job_finish(job);
 }
 
 void
@@ -188,11 +268,11 @@ nbd_op_done(struct nbd_op *op, int err)
   if (err && !job->err)
     job->err = err;
   if (--job->pending == 0)
-    job_finish(job);
+    job_step(job);
 }
 
-static uint32_t
-cmd_flags(const struct nbds_req *req)
+uint32_t
+nbd_cmd_flags(const struct nbds_req *req)
 {
   uint32_t f = 0;
   if (req->flags & NBDS_F_FUA)
@@ -208,15 +288,15 @@ cmd_flags(const struct nbds_req *req)
 
 /* Append one op; false when out of memory. */
 static bool
-add_op(struct nbd_op **list, struct nbd_job *job, uint64_t offset,
-       uint64_t count, void *buf)
+add_op(struct nbd_op **list, struct nbd_job *job, enum nbds_op type,
+       uint32_t flags, uint64_t offset, uint64_t count, void *buf)
 {
   struct nbd_op *op = calloc(1, sizeof *op);
   if (!op)
     return false;
   op->job = job;
-  op->op = job->req->op;
-  op->flags = cmd_flags(job->req);
+  op->op = type;
+  op->flags = flags;
   op->offset = offset;
   op->count = count;
   op->buf = buf;
@@ -226,58 +306,65 @@ add_op(struct nbd_op **list, struct nbd_job *job, uint64_t offset,
   return true;
 }
 
+bool
+nbd_add_ops(struct nbd_op **list, struct nbd_job *job, enum nbds_op type,
+            uint32_t flags, uint64_t offset, uint64_t count, void *buf)
+{
+  if (type == NBDS_OP_FLUSH || type == NBDS_OP_BLOCK_STATUS)
+    return add_op(list, job, type, flags, offset, count, buf);
+  bool payload = type == NBDS_OP_READ || type == NBDS_OP_WRITE ||
+                 type == NBDS_OP_CACHE;
+  uint64_t chunk = payload ? job->u->max : MAX_EFFECT;
+  char *p = buf;
+  while (count) {
+    uint64_t n = count < chunk ? count : chunk;
+    if (!add_op(list, job, type, flags, offset, n, p))
+      return false;
+    if (p)
+      p += n;
+    offset += n;
+    count -= n;
+  }
+  return true;
+}
+
 /* Cut the request into ops (reversed; order does not matter). */
 static bool
 split(struct nbd_job *job, struct nbd_op **list)
 {
   struct nbds_req *req = job->req;
+  uint32_t flags = nbd_cmd_flags(req);
   uint64_t off = req->offset;
   switch (req->op) {
   case NBDS_OP_READ:
   case NBDS_OP_WRITE:
     for (int i = 0; i < req->iovcnt; i++) {
-      char *base = req->iov[i].iov_base;
-      uint64_t left = req->iov[i].iov_len;
-      while (left) {
-        uint64_t n = left < job->u->max ? left : job->u->max;
-        if (!add_op(list, job, off, n, base))
-          return false;
-        base += n;
-        off += n;
-        left -= n;
-      }
-    }
-    return true;
-  case NBDS_OP_FLUSH:
-    return add_op(list, job, 0, 0, NULL);
-  case NBDS_OP_BLOCK_STATUS:
-    return add_op(list, job, off,
-                  req->count > UINT32_MAX ? UINT32_MAX : req->count, NULL);
-  default: {
-    uint64_t chunk = req->op == NBDS_OP_CACHE ? job->u->max : MAX_EFFECT;
-    for (uint64_t left = req->count; left;) {
-      uint64_t n = left < chunk ? left : chunk;
-      if (!add_op(list, job, off, n, NULL))
+      if (!nbd_add_ops(list, job, req->op, flags, off, req->iov[i].iov_len,
+                       req->iov[i].iov_base))
         return false;
-      off += n;
-      left -= n;
+      off += req->iov[i].iov_len;
     }
     return true;
-  }
+  case NBDS_OP_BLOCK_STATUS:
+    return nbd_add_ops(list, job, req->op, flags, off,
+                       req->count > UINT32_MAX ? UINT32_MAX : req->count,
+                       NULL);
+  default:
+    return nbd_add_ops(list, job, req->op, flags, off, req->count, NULL);
   }
 }
 
-/* Run a job's ops on the calling reactor's connection. */
-static void
-job_start(struct nbd_job *job)
+void
+nbd_job_run(struct nbd_job *job, struct nbd_op *ops, bool ok,
+            void (*after)(struct nbd_job *job))
 {
-  struct nbd_op *ops = NULL;
-  /* Hold one count while issuing, so the job cannot finish early. */
-  job->pending = 1;
-  bool ok = split(job, &ops);
+  job->after = after;
+  /* Hold one count while issuing, so the job cannot move on early. */
+  job->pending++;
   struct nbd_conn *c = ok ? nbd_conn_get(job->u) : NULL;
   if (!c) {
-    job->err = ENOMEM;
+    if (!job->err)
+      job->err = ENOMEM;
     while (ops) {
       struct nbd_op *next = ops->next;
       free(ops);
@@ -291,7 +378,21 @@ job_start(struct nbd_job *job)
     ops = next;
   }
   if (--job->pending == 0)
-    job_finish(job);
+    job_step(job);
+}
+
+/* Run a job on the calling reactor. */
+static void
+job_start(struct nbd_job *job)
+{
+  job->runner = nbds_reactor_self();
+  if (job->u->align > 1 && nbd_align_needed(job)) {
+    nbd_align_start(job);
+    return;
+  }
+  struct nbd_op *ops = NULL;
+  bool ok = split(job, &ops);
+  nbd_job_run(job, ops, ok, NULL);
 }
 
 static void

@@ -8,13 +8,13 @@
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import Test, skip, SERVER_KIND  # noqa: E402
+from nbdpeers import Peers, nbd_errno  # noqa: E402
 
 try:
     import nbd
@@ -31,48 +31,11 @@ M = K * K
 SIZE = 64 * M
 
 t = Test(holes=True)
-procs = []
-
-
-def cleanup_procs():
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-
-
-import atexit  # noqa: E402
-atexit.register(cleanup_procs)
-
-
-def connectable(sock):
-    s = socket.socket(socket.AF_UNIX)
-    s.settimeout(2)
-    try:
-        s.connect(sock)
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-
-
-def start_peer(name, argv, sock):
-    if os.path.exists(sock):
-        os.unlink(sock)
-    log = open(os.path.join(t.scratch, name + ".log"), "ab")
-    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-    procs.append(p)
-    deadline = time.monotonic() + 15
-    while not (os.path.exists(sock) and connectable(sock)):
-        if p.poll() is not None or time.monotonic() > deadline:
-            t.fatal("%s did not start: %s" % (name, " ".join(argv)))
-        time.sleep(0.05)
-    return p
+peers = Peers(t)
 
 
 def start_nbdkit(sock):
-    return start_peer("nbdkit", ["nbdkit", "-f", "-U", sock, "memory", "64M"], sock)
+    return peers.start("nbdkit", ["nbdkit", "-f", "-U", sock, "memory", "64M"], sock)
 
 
 def uri_of(sock):
@@ -98,14 +61,6 @@ def flags(h):
         "multi_conn": h.can_multi_conn(),
         "base:allocation": h.can_meta_context(nbd.CONTEXT_BASE_ALLOCATION),
     }
-
-
-def nbd_errno(fn, *a):
-    try:
-        fn(*a)
-        return 0
-    except nbd.Error as e:
-        return e.errno or -1
 
 
 def extents(h, length, offset, flags=0):
@@ -214,7 +169,7 @@ check_chain("over nbdkit", uri_of(ksock), c1.uri())
 # --- over qemu-nbd (-e 8: room for the chain's per-reactor handles) -----
 qimg = t.image("q.img", SIZE)
 qsock = os.path.join(t.scratch, "qemu.sock")
-start_peer("qemu-nbd", ["qemu-nbd", "-f", "raw", "-t", "-e", "8", "-k", qsock, "--discard=unmap",
+peers.start("qemu-nbd", ["qemu-nbd", "-f", "raw", "-t", "-e", "8", "-k", qsock, "--discard=unmap",
                         "--cache=writeback", qimg], qsock)
 c2 = t.start_server("over-qemu", CHAIN_ARGS, uri_of(qsock))
 check_chain("over qemu-nbd", uri_of(qsock), c2.uri())
@@ -228,7 +183,7 @@ check_chain("over nbdstack", s0.uri(), c3.uri())
 # --- over nbdkit without multi-conn: one upstream handle, owned by reactor 0,
 # serves every reactor ---------------------------------------------------------
 nsock = os.path.join(t.scratch, "nbdkit-nomc.sock")
-start_peer("nbdkit-nomc", ["nbdkit", "-f", "-U", nsock, "--filter=multi-conn",
+peers.start("nbdkit-nomc", ["nbdkit", "-f", "-U", nsock, "--filter=multi-conn",
                            "memory", "64M", "multi-conn-mode=disable"], nsock)
 c4 = t.start_server("over-nbdkit-nomc", CHAIN_ARGS, uri_of(nsock))
 check_chain("over nbdkit without multi-conn", uri_of(nsock), c4.uri())
