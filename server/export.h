@@ -21,11 +21,14 @@ struct export {
   bool write_cache;        /* false: every write is FUA (writethrough) */
   enum discard_mode discard;
   enum detect_zeroes detect_zeroes;
+  struct metrics *metrics; /* its counters, one block per reactor; NULL if
+                            * they could not be allocated */
 };
 
 /* All exports, in the order they were added. */
 extern struct export *exports;
 
+/* Add an export (with its counters) to the list. */
 void export_add(struct export *e);
 struct export *export_find(const uint8_t *name, size_t len);
 

@@ -26,6 +26,8 @@ enum {
   OPT_PLUGIN,
   OPT_L2_CACHE_SIZE,
   OPT_BITMAPS,
+  OPT_METRICS,
+  OPT_METRICS_JSON,
 };
 
 static const char short_opts[] = "hVf:k:p:b:x:D:rte:o:nvl:";
@@ -54,6 +56,8 @@ static const struct option long_opts[] = {
   { "fork", no_argument, NULL, OPT_FORK },
   { "pid-file", required_argument, NULL, OPT_PID_FILE },
   { "threads", required_argument, NULL, OPT_THREADS },
+  { "metrics", required_argument, NULL, OPT_METRICS },
+  { "metrics-json", required_argument, NULL, OPT_METRICS_JSON },
   { "plugin", required_argument, NULL, OPT_PLUGIN },
   { "block-cache", required_argument, NULL, OPT_BLOCK_CACHE },
   { "block-cache-block", required_argument, NULL, OPT_BLOCK_CACHE_BLOCK },
@@ -92,6 +96,12 @@ usage(void)
 "      --fork                run in the background once ready to serve\n"
 "      --pid-file=PATH       write the process ID to PATH once listening\n"
 "      --threads=N           reactor threads (default: one per CPU)\n"
+"      --metrics=ADDR        serve per-export statistics over HTTP on ADDR\n"
+"                            (HOST:PORT, :PORT for every address, or a\n"
+"                            Unix socket path containing a '/'):\n"
+"                            GET /metrics (Prometheus text), /metrics.json\n"
+"      --metrics-json=FILE   on SIGUSR1, write the statistics as JSON to\n"
+"                            FILE (replaced whole each time)\n"
 "\n"
 "Image options:\n"
 "      --plugin=PLUGIN       serve an nbdkit plugin (a name from nbdkit's\n"
@@ -124,7 +134,8 @@ usage(void)
 "      --block-cache-write-hit=P     write-back (default) or write-through\n"
 "      --block-cache-write-miss=P    allocate (default) or no-allocate\n"
 "  A dirty block is always written back before it is evicted; FLUSH\n"
-"  writes back every dirty block.  Send SIGUSR1 for the cache counters.\n");
+"  writes back every dirty block.  Send SIGUSR1 for the cache counters\n"
+"  (logged, and written to --metrics-json's file).\n");
 }
 
 static void __attribute__((noreturn, format(printf, 1, 2)))
@@ -284,6 +295,16 @@ options_parse(int argc, char **argv, struct options *o)
       if (!parse_u64(optarg, &v) || v < 1 || v > 1024)
         die("invalid thread count '%s'", optarg);
       o->threads = v;
+      break;
+    case OPT_METRICS:
+      if (!*optarg)
+        die("--metrics needs HOST:PORT, :PORT or a socket path");
+      o->metrics = optarg;
+      break;
+    case OPT_METRICS_JSON:
+      if (!*optarg)
+        die("--metrics-json needs a file name");
+      o->metrics_json = optarg;
       break;
     case OPT_PLUGIN:
       o->plugin = optarg;

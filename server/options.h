@@ -41,6 +41,8 @@ struct options {
   const char *pid_file;
   bool verbose;
   unsigned threads;          /* 0: one per CPU */
+  const char *metrics;       /* --metrics: HOST:PORT, :PORT or socket path */
+  const char *metrics_json;  /* --metrics-json: file SIGUSR1 writes */
 };
 
 /* Parse argv.  On a bad command line print one line to stderr and exit
