@@ -19,6 +19,8 @@ static const char *const err_names[MERR_COUNT] = {
   "ESHUTDOWN",
 };
 
+__thread struct metrics_clock metrics_clock;
+
 struct metrics *
 metrics_new(unsigned nreactors)
 {
@@ -95,10 +97,10 @@ bucket_of(uint64_t ns)
 
 void
 metrics_reply(struct metrics_block *b, uint16_t nbd_type, uint64_t count,
-              uint32_t wire_err, uint64_t start_ns)
+              uint32_t wire_err, uint64_t start_ns, uint64_t now_ns)
 {
   struct metrics_op_ctrs *o = &b->op[op_of(nbd_type)];
-  uint64_t ns = metrics_now_ns() - start_ns;
+  uint64_t ns = now_ns - start_ns;
   metrics_add(&o->requests, 1);
   if (wire_err) {
     metrics_add(&o->errors, 1);

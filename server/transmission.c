@@ -60,7 +60,7 @@ treq_get(struct conn *c)
   t->ext.v = NULL;
   tx->inflight++;
   if (tx->metrics) {
-    t->start_ns = metrics_now_ns();
+    t->start_ns = metrics_arrival(c->loop);
     metrics_add(&tx->metrics->received, 1);
   }
   return t;
@@ -332,7 +332,8 @@ send_reply(struct treq *t, uint32_t err)
   struct conn *c = t->c;
   bool structured = c->tx.st.structured;
   if (c->tx.metrics)
-    metrics_reply(c->tx.metrics, t->nr.type, t->nr.count, err, t->start_ns);
+    metrics_reply(c->tx.metrics, t->nr.type, t->nr.count, err, t->start_ns,
+                  metrics_now(c->loop));
   if (err) {
     nbds_log_debug("%s: %s offset=%llu count=%u: error %u", c->peer,
                    nbd_cmd_name(t->nr.type), (unsigned long long) t->nr.offset,

@@ -366,8 +366,8 @@ t.eq(delta(s0, s2, "nbdstack_requests_total", export="cached", op="read"),
      float(2 * pieces), "reads counted on the named export")
 h.shutdown()
 del h
-json_agrees(metrics_json(msock3), wait_idle(msock3, "cached"),
-            "GET /metrics.json with a block cache")
+idle = wait_idle(msock3, "cached")    # first: the client's close lands
+json_agrees(metrics_json(msock3), idle, "GET /metrics.json with a block cache")
 t.stop_server_ok(srv)
 
 # ---- 5. bad HTTP clients do not disturb serving ----------------------------
