@@ -150,26 +150,25 @@ handle_request(struct client *cl)
     return;
   }
   target[strcspn(target, "?")] = '\0';  /* a query changes nothing */
+  char *text;
+  const char *type;
   if (strcmp(target, "/metrics") == 0) {
-    char *text = metrics_render_prometheus();
-    if (text)
-      respond(cl, "200 OK", "text/plain; version=0.0.4; charset=utf-8",
-              NULL, text);
-    else
-      respond(cl, "500 Internal Server Error", "text/plain", NULL,
-              "out of memory\n");
-    free(text);
+    text = metrics_render_prometheus();
+    type = "text/plain; version=0.0.4; charset=utf-8";
   } else if (strcmp(target, "/metrics.json") == 0) {
-    char *text = metrics_render_json();
-    if (text)
-      respond(cl, "200 OK", "application/json", NULL, text);
-    else
-      respond(cl, "500 Internal Server Error", "text/plain", NULL,
-              "out of memory\n");
-    free(text);
-  } else
+    text = metrics_render_json();
+    type = "application/json";
+  } else {
     respond(cl, "404 Not Found", "text/plain", NULL,
             "try /metrics or /metrics.json\n");
+    return;
+  }
+  if (text)
+    respond(cl, "200 OK", type, NULL, text);
+  else
+    respond(cl, "500 Internal Server Error", "text/plain", NULL,
+            "out of memory\n");
+  free(text);
 }
 
 static void
@@ -276,14 +275,14 @@ bind_unix(const char *path)
   }
   strcpy(sun.sun_path, path);
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd == -1)
-    return -1;
-  unlink(path);
-  if (bind(fd, (struct sockaddr *) &sun, sizeof sun) == -1 ||
+  if (fd != -1)
+    unlink(path);  /* a stale socket from an earlier run */
+  if (fd == -1 || bind(fd, (struct sockaddr *) &sun, sizeof sun) == -1 ||
       listen(fd, 16) == -1) {
     nbds_log_error("--metrics: cannot listen on %s: %s", path,
                    strerror(errno));
-    close(fd);
+    if (fd != -1)
+      close(fd);
     return -1;
   }
   unix_path = strdup(path);
