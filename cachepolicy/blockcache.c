@@ -227,12 +227,38 @@ bc_submit(struct nbds_layer *l, struct nbds_req *req)
   }
 }
 
+static void
+bc_stats(struct nbds_layer *l, nbds_stat_fn emit, void *opaque)
+{
+  struct nbds_blockcache_stats st;
+  nbds_blockcache_stats(l, &st);
+  const struct nbds_stat v[] = {
+    { "hits_total", "READ, WRITE and CACHE blocks found in the block cache",
+      NBDS_STAT_COUNTER, st.hits },
+    { "misses_total", "READ, WRITE and CACHE blocks not found in the cache",
+      NBDS_STAT_COUNTER, st.misses },
+    { "writebacks_total", "dirty blocks written back to the layer below",
+      NBDS_STAT_COUNTER, st.writebacks },
+    { "evictions_total", "cached blocks dropped to make room",
+      NBDS_STAT_COUNTER, st.evictions },
+    { "dirty_blocks", "blocks newer than the layer below",
+      NBDS_STAT_GAUGE, st.dirty },
+    { "cached_bytes", "bytes of blocks held in the cache",
+      NBDS_STAT_GAUGE, st.bytes_cached },
+    { "capacity_bytes", "bytes of blocks the cache can hold",
+      NBDS_STAT_GAUGE, st.capacity },
+  };
+  for (size_t i = 0; i < sizeof v / sizeof v[0]; i++)
+    emit(opaque, &v[i]);
+}
+
 const struct nbds_layer_ops nbds_blockcache_ops = {
   .name = "blockcache",
   .open = bc_open,
   .close = bc_close,
   .caps = bc_caps,
   .submit = bc_submit,
+  .stats = bc_stats,
 };
 
 bool

@@ -10,8 +10,10 @@
 #include "nbdstack/blockcache.h"
 #include "export.h"
 #include "log.h"
+#include "metrics.h"
 #include "protocol.h"
 #include "reactor.h"
+#include "server.h"
 #include "zero.h"
 
 struct export *exports;
@@ -20,6 +22,10 @@ void
 export_add(struct export *e)
 {
   struct export **p = &exports;
+  e->metrics = metrics_new(server_config.threads);
+  if (!e->metrics)
+    nbds_log_error("export '%s': no memory for its counters: serving it "
+                   "without", e->name);
   while (*p)
     p = &(*p)->next;
   e->next = NULL;
@@ -170,6 +176,7 @@ exports_close_all(void)
     struct export *e = exports;
     exports = e->next;
     nbds_layer_close_stack(e->top);
+    metrics_free(e->metrics);
     free(e->name);
     free(e->description);
     free(e);

@@ -22,11 +22,14 @@ struct export {
   bool alloc_depth;        /* offer qemu:allocation-depth (-A) */
   enum discard_mode discard;
   enum detect_zeroes detect_zeroes;
+  struct metrics *metrics; /* its counters, one block per reactor; NULL if
+                            * they could not be allocated */
 };
 
 /* All exports, in the order they were added. */
 extern struct export *exports;
 
+/* Add an export (with its counters) to the list. */
 void export_add(struct export *e);
 struct export *export_find(const uint8_t *name, size_t len);
 

@@ -11,6 +11,7 @@
 #include "export.h"
 #include "listen.h"
 #include "log.h"
+#include "metrics.h"
 #include "options.h"
 #include "reactor.h"
 #include "server.h"
@@ -166,6 +167,8 @@ main(int argc, char **argv)
   workers_init(64);
   export_add(cmdline_export_open(&o, uring));
 
+  if (!metrics_start(o.metrics, o.metrics_json))
+    exit(EXIT_FAILURE);
   if (activated == 0 && !o.single &&
       (o.socket_path ? listen_unix(o.socket_path) == -1
                      : listen_tcp(o.bind, o.port) == -1))

@@ -35,6 +35,8 @@ enum {
   OPT_OBJECT,
   OPT_TLS_CREDS,
   OPT_UPSTREAM_TIMEOUT,
+  OPT_METRICS,
+  OPT_METRICS_JSON,
 };
 
 static const char short_opts[] = "hVf:k:p:b:x:D:rte:o:nvl:sA";
@@ -67,6 +69,8 @@ static const struct option long_opts[] = {
   { "threads", required_argument, NULL, OPT_THREADS },
   { "single", no_argument, NULL, OPT_SINGLE },
   { "log", required_argument, NULL, OPT_LOG },
+  { "metrics", required_argument, NULL, OPT_METRICS },
+  { "metrics-json", required_argument, NULL, OPT_METRICS_JSON },
   { "plugin", required_argument, NULL, OPT_PLUGIN },
   { "upstream-timeout", required_argument, NULL, OPT_UPSTREAM_TIMEOUT },
   { "block-cache", required_argument, NULL, OPT_BLOCK_CACHE },
@@ -124,6 +128,12 @@ usage(void)
 "  nbd_connect_systemd_socket_activation) the passed sockets are served\n"
 "  instead of -p/-b/-k.  With NOTIFY_SOCKET set, READY=1 is sent once\n"
 "  serving, STOPPING=1 at shutdown (systemd Type=notify).\n"
+"      --metrics=ADDR        serve per-export statistics over HTTP on ADDR\n"
+"                            (HOST:PORT, :PORT for every address, or a\n"
+"                            Unix socket path containing a '/'):\n"
+"                            GET /metrics (Prometheus text), /metrics.json\n"
+"      --metrics-json=FILE   on SIGUSR1, write the statistics as JSON to\n"
+"                            FILE (replaced whole each time)\n"
 "\n"
 "Image options:\n"
 "      --plugin=PLUGIN       serve an nbdkit plugin (a name from nbdkit's\n"
@@ -162,7 +172,8 @@ usage(void)
 "      --block-cache-write-hit=P     write-back (default) or write-through\n"
 "      --block-cache-write-miss=P    allocate (default) or no-allocate\n"
 "  A dirty block is always written back before it is evicted; FLUSH\n"
-"  writes back every dirty block.  Send SIGUSR1 for the cache counters.\n"
+"  writes back every dirty block.  Send SIGUSR1 for the cache counters\n"
+"  (logged, and written to --metrics-json's file).\n"
 "\n"
 "TLS (GnuTLS), as nbdkit spells it:\n"
 "      --tls=MODE            off (default), on (STARTTLS offered, plain text\n"
@@ -460,6 +471,16 @@ options_parse(int argc, char **argv, struct options *o)
       if (!parse_u64(optarg, &v) || v < 1 || v > 1024)
         die("invalid thread count '%s'", optarg);
       o->threads = v;
+      break;
+    case OPT_METRICS:
+      if (!*optarg)
+        die("--metrics needs HOST:PORT, :PORT or a socket path");
+      o->metrics = optarg;
+      break;
+    case OPT_METRICS_JSON:
+      if (!*optarg)
+        die("--metrics-json needs a file name");
+      o->metrics_json = optarg;
       break;
     case OPT_PLUGIN:
       o->plugin = optarg;

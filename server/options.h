@@ -48,6 +48,8 @@ struct options {
   bool log_syslog;           /* --log=syslog */
   unsigned threads;          /* 0: one per CPU */
   struct tls_config tls;     /* --tls*, or --object tls-creds-* --tls-creds */
+  const char *metrics;       /* --metrics: HOST:PORT, :PORT or socket path */
+  const char *metrics_json;  /* --metrics-json: file SIGUSR1 writes */
 };
 
 /* Parse argv.  On a bad command line print one line to stderr and exit

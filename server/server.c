@@ -13,6 +13,7 @@
 #include "export.h"
 #include "listen.h"
 #include "log.h"
+#include "metrics.h"
 #include "reactor.h"
 #include "server.h"
 #include "systemd.h"
@@ -143,6 +144,7 @@ stats_cb(struct ev_loop *loop, ev_signal *w, int revents)
   (void) w;
   (void) revents;
   exports_log_stats();
+  metrics_dump();  /* the JSON, to --metrics-json's file */
 }
 
 bool
@@ -194,6 +196,7 @@ server_run(void)
   bool ok = exports_flush_all();
   exports_log_stats();
   workers_shutdown();
+  metrics_stop();  /* it reads the exports */
   exports_close_all();
   for (unsigned i = nreactors; i-- > 0;)
     reactor_destroy(reactors[i]);

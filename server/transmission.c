@@ -11,6 +11,8 @@
 #include "connection.h"
 #include "export.h"
 #include "log.h"
+#include "metrics.h"
+#include "reactor.h"
 #include "server.h"
 #include "zero.h"
 
@@ -29,6 +31,7 @@ struct treq {
   struct treq *next_free;
   struct nbd_request nr;      /* as received */
   size_t held;                /* bytes counted in inflight_bytes */
+  uint64_t start_ns;          /* when its header arrived, for metrics */
   uint8_t *buf;               /* READ/WRITE data */
   size_t buf_cap;
   struct iovec data_iov;
@@ -57,6 +60,10 @@ treq_get(struct conn *c)
   t->hdr = t->hdr_inline;
   t->ext.v = t->depth.v = NULL;
   tx->inflight++;
+  if (tx->metrics) {
+    t->start_ns = metrics_arrival(c->loop);
+    metrics_add(&tx->metrics->received, 1);
+  }
   return t;
 }
 
@@ -76,6 +83,8 @@ treq_sent(struct outmsg *m)
   struct tx *tx = &t->c->tx;
   tx->inflight--;
   tx->inflight_bytes -= t->held;
+  if (tx->metrics)
+    metrics_add(&tx->metrics->released, 1);
   t->held = 0;
   if (t->iov != t->iov_inline)
     free(t->iov);
@@ -350,6 +359,9 @@ send_reply(struct treq *t, uint32_t err)
 {
   struct conn *c = t->c;
   bool structured = c->tx.st.structured;
+  if (c->tx.metrics)
+    metrics_reply(c->tx.metrics, t->nr.type, t->nr.count, err, t->start_ns,
+                  metrics_now(c->loop));
   if (err) {
     nbds_log_debug("%s: %s offset=%llu count=%u: error %u", c->peer,
                    nbd_cmd_name(t->nr.type), (unsigned long long) t->nr.offset,
@@ -526,6 +538,9 @@ tx_start(struct conn *c, struct export *e, bool structured,
   };
   c->phase = PHASE_TRANSMISSION;
   c->counted = true;
+  tx->metrics = metrics_block(e->metrics, reactor_index(c->reactor));
+  if (tx->metrics)
+    metrics_add(&tx->metrics->conns_opened, 1);
   server_client_negotiated();
   nbds_log_info("%s: connection opened: export '%s' (flags 0x%x)", c->peer,
                 e->name, tx->st.eflags);
@@ -615,6 +630,8 @@ void
 tx_cleanup(struct conn *c)
 {
   struct tx *tx = &c->tx;
+  if (tx->metrics)
+    metrics_add(&tx->metrics->conns_closed, 1);
   while (tx->free_reqs) {
     struct treq *t = tx->free_reqs;
     tx->free_reqs = t->next_free;

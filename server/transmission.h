@@ -11,6 +11,7 @@
 struct conn;
 struct export;
 struct treq;
+struct metrics_block;
 
 /* Per-connection bounds: past either, the connection stops reading new
  * requests until replies drain (back-pressure, not memory growth). */
@@ -25,6 +26,7 @@ struct tx {
   struct treq *free_reqs;
   struct treq *receiving;     /* a WRITE whose payload is coming in */
   uint32_t receiving_err;     /* its validation error, if any */
+  struct metrics_block *metrics;  /* the export's counters on this reactor */
 };
 
 void tx_start(struct conn *c, struct export *exp, bool structured,

@@ -153,6 +153,23 @@ struct nbds_kv {
 
 struct nbds_layer;
 
+/* A counter or gauge a layer keeps (the block cache's hits and misses),
+ * as its stats op reports it. */
+enum nbds_stat_kind {
+  NBDS_STAT_COUNTER,  /* only grows */
+  NBDS_STAT_GAUGE,    /* a level, now */
+};
+
+struct nbds_stat {
+  const char *name;   /* [a-z0-9_]+, unique in the layer; a counter's name
+                       * ends in _total, a size's in _bytes */
+  const char *help;   /* one line, for people reading the metrics */
+  enum nbds_stat_kind kind;
+  uint64_t value;
+};
+
+typedef void (*nbds_stat_fn)(void *opaque, const struct nbds_stat *st);
+
 struct nbds_layer_ops {
   const char *name;
   /* Open the layer over `below` (NULL for a protocol layer).  On failure
@@ -167,6 +184,13 @@ struct nbds_layer_ops {
   void (*caps)(struct nbds_layer *l, struct nbds_caps *caps);
   /* Start a request.  Never blocks the calling reactor. */
   void (*submit)(struct nbds_layer *l, struct nbds_req *req);
+  /* Optional: report the layer's own counters by calling emit(opaque, st)
+   * once per value, always the same names in the same order.  The server
+   * calls it for each layer of the stack that has it, from its metrics
+   * thread while requests run on the reactors, so it must only read what
+   * is safe to read concurrently (atomics), never block, never allocate.
+   * It does not recurse: each layer reports only itself. */
+  void (*stats)(struct nbds_layer *l, nbds_stat_fn emit, void *opaque);
 };
 
 struct nbds_layer {
