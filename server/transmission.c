@@ -526,6 +526,7 @@ tx_start(struct conn *c, struct export *e, bool structured,
   };
   c->phase = PHASE_TRANSMISSION;
   c->counted = true;
+  conn_limits_negotiated(c);
   server_client_negotiated();
   nbds_log_info("%s: connection opened: export '%s' (flags 0x%x)", c->peer,
                 e->name, tx->st.eflags);
