@@ -114,6 +114,24 @@ t.check(srv.logtext().count("handshake timeout") >= 3,
         "the log names the handshake timeout for each dropped client")
 t.stop_server_ok(srv)
 
+# A client stalled inside the TLS handshake (after STARTTLS) is dropped at
+# the same deadline, not after tls.c's own 30 s.
+if shutil.which("psktool"):
+    psk = os.path.join(t.scratch, "keys.psk")
+    subprocess.run(["psktool", "-u", "alice", "-p", psk], check=True,
+                   capture_output=True)
+    srv = t.start_server("hs-tls", ["-t", "--tls=require", "--tls-psk=" + psk,
+                                    "--handshake-timeout=%d" % HS], img)
+    start = time.monotonic()
+    tls = raw_unix(srv)
+    tls.handshake()
+    reply, _ = tls.option(P.OPT_STARTTLS)
+    t.eq(reply, P.REP_ACK, "STARTTLS acknowledged")
+    check_dropped(tls, start, HS, "client stalled in the TLS handshake")
+    t.stop_server_ok(srv)
+else:
+    print("note: no psktool (gnutls-bin): TLS handshake stall not tested")
+
 # ---- -e 1: a silent client no longer holds the only slot forever ----------
 srv = t.start_server("e1", ["-t", "-e", "1", "--handshake-timeout=%d" % HS], img)
 silent = raw_unix(srv)
