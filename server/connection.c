@@ -68,6 +68,7 @@ conn_start(int fd, const char *peer)
   ev_prepare_init(&c->flush_watcher, flush_cb);
   c->read_watcher.data = c->write_watcher.data = c->flush_watcher.data = c;
   ev_io_start(c->loop, &c->read_watcher);
+  conn_limits_start(c);
   nbds_log_debug("%s: connected", c->peer);
   conn_enter(c);
   handshake_start(c);
@@ -77,6 +78,7 @@ conn_start(int fd, const char *peer)
 void
 conn_leave(struct conn *c)
 {
+  c->last_active = ev_now(c->loop);  /* for the idle timeout */
   if (c->busy == 1 && c->reading_paused && tx_can_read_more(c))
     conn_resume_reading(c);
   if (--c->busy == 0)
@@ -420,6 +422,7 @@ conn_kill(struct conn *c)
   ev_io_stop(c->loop, &c->read_watcher);
   ev_io_stop(c->loop, &c->write_watcher);
   ev_prepare_stop(c->loop, &c->flush_watcher);
+  conn_limits_stop(c);
   tls_stop(c);
   drop_output(c);
   c->sink_left = 0;
@@ -456,6 +459,7 @@ conn_maybe_free(struct conn *c)
   ev_io_stop(c->loop, &c->read_watcher);
   ev_io_stop(c->loop, &c->write_watcher);
   ev_prepare_stop(c->loop, &c->flush_watcher);
+  conn_limits_stop(c);
   drop_output(c);
   tls_free(c);
   close(c->fd);

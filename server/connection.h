@@ -35,6 +35,9 @@ struct conn {
   ev_io read_watcher;
   ev_io write_watcher;
   ev_prepare flush_watcher;
+  /* The handshake deadline, then the idle timeout (connection-limits.c). */
+  ev_timer limit_timer;
+  ev_tstamp last_active;      /* the last callback: for the idle timeout */
   char peer[80];
 
   uint8_t *in;                /* bytes read, not yet parsed: in[start..end) */
@@ -124,6 +127,12 @@ static inline void conn_set_close_reason(struct conn *c, const char *why,
     c->close_errno = err;
   }
 }
+
+/* Handshake and idle time limits (connection-limits.c). */
+void conn_limits_start(struct conn *c);
+/* Negotiation is over: the idle timeout, if any, starts now. */
+void conn_limits_negotiated(struct conn *c);
+void conn_limits_stop(struct conn *c);
 
 /* Ask every connection on the calling reactor to finish and close. */
 void conn_shutdown_all(void *unused);

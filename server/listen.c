@@ -13,6 +13,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "allow.h"
 #include "listen.h"
 #include "log.h"
 
@@ -167,12 +168,17 @@ accept_cb(struct ev_loop *loop, ev_io *w, int revents)
       nbds_log_error("accept: %s", strerror(errno));
     return;
   }
+  char peer[80];
+  peer_name(&ss, peer, sizeof peer);
+  if (!allow_permits((const struct sockaddr *) &ss)) {
+    nbds_log_info("%s: connection refused: address not in --allow", peer);
+    close(fd);
+    return;
+  }
   if (l->tcp) {
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   }
-  char peer[80];
-  peer_name(&ss, peer, sizeof peer);
   accept_fn(fd, peer);
 }
 

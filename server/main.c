@@ -158,6 +158,8 @@ main(int argc, char **argv)
   server_config.threads = o.threads ? o.threads : (cpus > 0 ? cpus : 1);
   server_config.shared = o.shared;
   server_config.persistent = o.persistent;
+  server_config.handshake_timeout = o.handshake_timeout;
+  server_config.idle_timeout = o.idle_timeout;
 
   /* Reactor 0 first: opening layers may use the calling reactor. */
   if (!server_init(uring)) {

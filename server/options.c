@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "allow.h"
 #include "options.h"
 #include "protocol.h"
 
@@ -37,6 +38,9 @@ enum {
   OPT_UPSTREAM_TIMEOUT,
   OPT_METRICS,
   OPT_METRICS_JSON,
+  OPT_HANDSHAKE_TIMEOUT,
+  OPT_IDLE_TIMEOUT,
+  OPT_ALLOW,
 };
 
 static const char short_opts[] = "hVf:k:p:b:x:D:rte:o:nvl:sA";
@@ -87,6 +91,10 @@ static const struct option long_opts[] = {
   { "tls-verify-peer", no_argument, NULL, OPT_TLS_VERIFY_PEER },
   { "object", required_argument, NULL, OPT_OBJECT },
   { "tls-creds", required_argument, NULL, OPT_TLS_CREDS },
+  { "handshake-timeout", required_argument, NULL, OPT_HANDSHAKE_TIMEOUT },
+  { "handshake-limit", required_argument, NULL, OPT_HANDSHAKE_TIMEOUT },
+  { "idle-timeout", required_argument, NULL, OPT_IDLE_TIMEOUT },
+  { "allow", required_argument, NULL, OPT_ALLOW },
   { NULL, 0, NULL, 0 },
 };
 
@@ -185,7 +193,16 @@ usage(void)
 "  or as qemu-nbd spells it (TLS is then required):\n"
 "      --object tls-creds-x509,id=ID,dir=DIR,endpoint=server[,verify-peer=on|off]\n"
 "      --object tls-creds-psk,id=ID,dir=DIR,endpoint=server   (DIR/keys.psk)\n"
-"      --tls-creds=ID        use the credentials object ID\n");
+"      --tls-creds=ID        use the credentials object ID\n"
+"\n"
+"Access and limits:\n"
+"      --allow=ADDR[/PREFIX][,...]  accept TCP clients only from these\n"
+"                            IPv4/IPv6 networks (Unix sockets: always)\n"
+"      --handshake-timeout=SECONDS  drop a client that has not finished\n"
+"                            negotiating by then (default 10, 0: never;\n"
+"                            qemu-nbd's --handshake-limit is the same)\n"
+"      --idle-timeout=SECONDS  drop a client with no request in flight for\n"
+"                            that long (default 0: never)\n");
 }
 
 static void __attribute__((noreturn, format(printf, 1, 2)))
@@ -326,6 +343,7 @@ options_parse(int argc, char **argv, struct options *o)
 {
   memset(o, 0, sizeof *o);
   o->shared = 1;
+  o->handshake_timeout = 10;  /* as qemu-nbd since CVE-2024-7409 */
   o->export_name = "";
   bool have_cache = false;
   int c;
@@ -538,6 +556,23 @@ options_parse(int argc, char **argv, struct options *o)
     case OPT_TLS_CREDS:
       tls_creds = optarg;
       break;
+    case OPT_HANDSHAKE_TIMEOUT:
+    case OPT_IDLE_TIMEOUT:
+      if (!parse_u64(optarg, &v) || v > 86400)
+        die("invalid %s '%s' (seconds, 0..86400)",
+            c == OPT_IDLE_TIMEOUT ? "idle timeout" : "handshake timeout",
+            optarg);
+      if (c == OPT_IDLE_TIMEOUT)
+        o->idle_timeout = v;
+      else
+        o->handshake_timeout = v;
+      break;
+    case OPT_ALLOW: {
+      const char *bad;
+      if (!allow_add(optarg, &bad))
+        die("--allow: invalid address or network '%s' (ADDR[/PREFIX])", bad);
+      break;
+    }
     case '?':
       if (optopt)
         die("option '-%c' %s (try --help)", optopt,

@@ -47,6 +47,8 @@ struct options {
   bool single;               /* --single: one client on stdin/stdout */
   bool log_syslog;           /* --log=syslog */
   unsigned threads;          /* 0: one per CPU */
+  unsigned handshake_timeout;  /* seconds, 0: none (default 10) */
+  unsigned idle_timeout;     /* seconds, 0: none (the default) */
   struct tls_config tls;     /* --tls*, or --object tls-creds-* --tls-creds */
   const char *metrics;       /* --metrics: HOST:PORT, :PORT or socket path */
   const char *metrics_json;  /* --metrics-json: file SIGUSR1 writes */

@@ -12,6 +12,8 @@ struct server_config {
   bool persistent;         /* -t */
   bool single;             /* --single: serve single_fd, exit after it */
   int single_fd;
+  double handshake_timeout; /* seconds to finish negotiating, 0 = none */
+  double idle_timeout;      /* seconds without a request, 0 = none */
 };
 
 extern struct server_config server_config;

@@ -541,6 +541,7 @@ tx_start(struct conn *c, struct export *e, bool structured,
   tx->metrics = metrics_block(e->metrics, reactor_index(c->reactor));
   if (tx->metrics)
     metrics_add(&tx->metrics->conns_opened, 1);
+  conn_limits_negotiated(c);
   server_client_negotiated();
   nbds_log_info("%s: connection opened: export '%s' (flags 0x%x)", c->peer,
                 e->name, tx->st.eflags);

@@ -56,8 +56,9 @@ if [ -d "$build/meson-private" ]; then
 else
   CC=clang meson setup "$build" "${setup_args[@]}" >/dev/null
 fi || { echo "fuzz: meson setup failed"; tally fuzz-qcow2-build FAIL; exit 1; }
-meson compile -C "$build" fuzz-qcow2 fuzz-devemu >/dev/null ||
-  { meson compile -C "$build" fuzz-qcow2 fuzz-devemu; tally fuzz-build FAIL
+meson compile -C "$build" fuzz-qcow2 fuzz-devemu fuzz-protocol >/dev/null ||
+  { meson compile -C "$build" fuzz-qcow2 fuzz-devemu fuzz-protocol
+    tally fuzz-build FAIL
     exit 1; }
 
 exe=$build/tests/fuzz/fuzz-qcow2
@@ -128,4 +129,7 @@ fi
 fuzz fuzz-qcow2 "$time_limit" "$work" "$seeds"
 mkdir -p "$build/corpus-devemu"
 fuzz fuzz-devemu "${FUZZ_DEVEMU_TIME:-30}" "$build/corpus-devemu"
+mkdir -p "$build/corpus-protocol"
+fuzz fuzz-protocol "${FUZZ_PROTOCOL_TIME:-20}" "$build/corpus-protocol" \
+  tests/fuzz/corpus/protocol
 exit $status

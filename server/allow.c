@@ -1,0 +1,107 @@
+/* The --allow list: networks in CIDR form, checked at accept, before the
+ * first byte of the handshake.  An IPv4-mapped IPv6 address (::ffff:a.b.c.d)
+ * is matched as the IPv4 address it carries. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "allow.h"
+
+#define ALLOW_MAX 64
+
+static struct network {
+  int family;               /* AF_INET or AF_INET6 */
+  uint8_t addr[16];         /* network byte order; 4 bytes for IPv4 */
+  unsigned prefix;          /* bits that must match */
+} networks[ALLOW_MAX];
+static int nnetworks;
+
+static bool
+parse_one(const char *s, struct network *n)
+{
+  char buf[INET6_ADDRSTRLEN + 8];
+  if (strlen(s) >= sizeof buf)
+    return false;
+  strcpy(buf, s);
+  char *slash = strchr(buf, '/');
+  if (slash)
+    *slash = '\0';
+  if (inet_pton(AF_INET, buf, n->addr) == 1) {
+    n->family = AF_INET;
+    n->prefix = 32;
+  } else if (inet_pton(AF_INET6, buf, n->addr) == 1) {
+    n->family = AF_INET6;
+    n->prefix = 128;
+  } else
+    return false;
+  if (slash) {
+    char *end;
+    unsigned long p = strtoul(slash + 1, &end, 10);
+    if (slash[1] < '0' || slash[1] > '9' || *end || p > n->prefix)
+      return false;
+    n->prefix = p;
+  }
+  return true;
+}
+
+bool
+allow_add(const char *list, const char **bad)
+{
+  static char entry[128];
+  const char *p = list;
+  for (;;) {
+    size_t len = strcspn(p, ",");
+    snprintf(entry, sizeof entry, "%.*s", (int) len, p);
+    if (nnetworks == ALLOW_MAX || !parse_one(entry, &networks[nnetworks])) {
+      *bad = entry;
+      return false;
+    }
+    nnetworks++;
+    if (p[len] == '\0')
+      return true;
+    p += len + 1;
+  }
+}
+
+static bool
+prefix_matches(const uint8_t *a, const uint8_t *net, unsigned bits)
+{
+  unsigned bytes = bits / 8, rest = bits % 8;
+  if (memcmp(a, net, bytes) != 0)
+    return false;
+  if (rest == 0)
+    return true;
+  uint8_t mask = 0xff << (8 - rest);
+  return (a[bytes] & mask) == (net[bytes] & mask);
+}
+
+bool
+allow_permits(const struct sockaddr *sa)
+{
+  int family;
+  const uint8_t *addr;
+  if (nnetworks == 0)
+    return true;
+  if (sa->sa_family == AF_INET) {
+    family = AF_INET;
+    addr = (const uint8_t *) &((const struct sockaddr_in *) sa)->sin_addr;
+  } else if (sa->sa_family == AF_INET6) {
+    const struct in6_addr *a6 = &((const struct sockaddr_in6 *) sa)->sin6_addr;
+    if (IN6_IS_ADDR_V4MAPPED(a6)) {
+      family = AF_INET;
+      addr = a6->s6_addr + 12;
+    } else {
+      family = AF_INET6;
+      addr = a6->s6_addr;
+    }
+  } else
+    return true;  /* a Unix socket: the filesystem guards it */
+  for (int i = 0; i < nnetworks; i++)
+    if (networks[i].family == family &&
+        prefix_matches(addr, networks[i].addr, networks[i].prefix))
+      return true;
+  return false;
+}
