@@ -26,6 +26,7 @@ enum {
   OPT_PLUGIN,
   OPT_L2_CACHE_SIZE,
   OPT_BITMAPS,
+  OPT_RBD_TIMEOUT,
 };
 
 static const char short_opts[] = "hVf:k:p:b:x:D:rte:o:nvl:";
@@ -45,6 +46,7 @@ static const struct option long_opts[] = {
   { "load-snapshot", required_argument, NULL, 'l' },
   { "l2-cache-size", required_argument, NULL, OPT_L2_CACHE_SIZE },
   { "bitmaps", required_argument, NULL, OPT_BITMAPS },
+  { "rbd-timeout", required_argument, NULL, OPT_RBD_TIMEOUT },
   { "nocache", no_argument, NULL, 'n' },
   { "verbose", no_argument, NULL, 'v' },
   { "aio", required_argument, NULL, OPT_AIO },
@@ -74,7 +76,9 @@ usage(void)
 "       nbdstack [OPTIONS] --plugin PLUGIN [KEY=VALUE ...]\n"
 "Export a disk image over NBD (a drop-in for qemu-nbd).  FILE may also be\n"
 "an NBD URI (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH):\n"
-"the export is then served from that upstream NBD server.\n"
+"the export is then served from that upstream NBD server; or a Ceph RBD\n"
+"image, rbd:POOL/IMAGE[@SNAP][:conf=PATH][:id=USER][:KEY=VALUE...]\n"
+"(QEMU's spelling; a snapshot is served read-only).\n"
 "\n"
 "  -h, --help                display this help and exit\n"
 "  -V, --version             output version information and exit\n"
@@ -108,6 +112,9 @@ usage(void)
 "                            bitmaps, marking them in use (they stop\n"
 "                            tracking); without it such images are\n"
 "                            refused read-write\n"
+"      --rbd-timeout=SECS    rbd: images: fail a request (and the start)\n"
+"                            when the cluster has not answered in SECS\n"
+"                            seconds (default 60; 0: wait forever)\n"
 "  -n, --nocache             same as --cache=none\n"
 "      --cache=MODE          writeback (default), writethrough, none,\n"
 "                            directsync, unsafe, or auto (none where the\n"
@@ -181,6 +188,11 @@ options_parse(int argc, char **argv, struct options *o)
       break;
     case OPT_L2_CACHE_SIZE:
       o->l2_cache_size = optarg;
+      break;
+    case OPT_RBD_TIMEOUT:
+      if (!parse_u64(optarg, &v) || v > 86400)
+        die("invalid --rbd-timeout '%s' (seconds, 0 to 86400)", optarg);
+      o->rbd_timeout = optarg;
       break;
     case OPT_BITMAPS:
       if (strcmp(optarg, "in-use") != 0)
@@ -332,6 +344,8 @@ options_parse(int argc, char **argv, struct options *o)
     die("-f qcow2 over an nbdkit plugin is not supported");
   if (!qcow2 && (o->snapshot_name || o->l2_cache_size || o->bitmaps_in_use))
     die("-l, --l2-cache-size and --bitmaps need -f qcow2");
+  if (o->rbd_timeout && strncmp(o->image, "rbd:", 4) != 0)
+    die("--rbd-timeout applies to rbd: images only");
   if (o->detect_zeroes == DETECT_ZEROES_UNMAP && o->discard != DISCARD_UNMAP)
     die("--detect-zeroes=unmap needs --discard=unmap");
   if (o->socket_path && (o->port || o->bind))
