@@ -35,7 +35,9 @@ meaning(int err)
   case ENOSPC:
     return "the cluster is full";
   case ETIMEDOUT:
-    return "the cluster did not answer in time (an OSD or monitor down?)";
+    /* librados holds writes to a full pool until the timeout, too. */
+    return "the cluster did not answer in time (an OSD or monitor down, "
+           "or the pool or cluster full?)";
   case EROFS:
     return "the image is read-only";
   case ESHUTDOWN:  /* EBLOCKLISTED */

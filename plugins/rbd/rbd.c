@@ -19,7 +19,11 @@
  * (rbd_set_image_notification); the reactor that opened the layer
  * watches it, collects completions with rbd_poll_io_events, and completes
  * each request on the reactor that submitted it.  No thread ever waits
- * for a request.  FUA is emulated above (write, then rbd_aio_flush). */
+ * for a request.  FUA is emulated above (write, then rbd_aio_flush).
+ *
+ * A write past the end grows the image first (rbd_resize, on the worker
+ * pool), as QEMU's rbd driver does: the server never sends one, but a
+ * qcow2 layer above appends clusters as it would to a file. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -196,6 +200,85 @@ start(struct rbd_disk *d, struct nbds_req *req, rbd_completion_t c)
 }
 
 static void
+submit_io(struct rbd_disk *d, struct nbds_req *req)
+{
+  struct rbd_io *io = malloc(sizeof *io);
+  rbd_completion_t c;
+  if (!io || rbd_aio_create_completion(io, NULL, &c) < 0) {
+    free(io);
+    nbds_req_complete(req, ENOMEM);
+    return;
+  }
+  *io = (struct rbd_io) {
+    .d = d, .req = req, .origin = nbds_reactor_self(),
+  };
+  int r = start(d, req, c);
+  if (r < 0) {
+    rbd_aio_release(c);
+    free(io);
+    nbds_req_complete(req, r == -ENOTSUP ? ENOTSUP
+                           : rbd_error(d, op_name(req->op), req, -r));
+  }
+}
+
+/* ---- growing ----------------------------------------------------------- */
+
+struct grow_job {
+  struct nbds_work work;    /* first: the job is its work item */
+  struct rbd_disk *d;
+  struct nbds_req *req;
+  int err;
+};
+
+/* On a worker: rbd_resize blocks. */
+static void
+grow_run(struct nbds_work *w)
+{
+  struct grow_job *j = (struct grow_job *) w;
+  struct rbd_disk *d = j->d;
+  uint64_t end = j->req->offset + j->req->count;
+  pthread_mutex_lock(&d->grow_lock);
+  if (end > d->size) {
+    int r = rbd_resize(d->image, end);
+    if (r < 0)
+      j->err = -r;
+    else
+      d->size = end;
+  }
+  pthread_mutex_unlock(&d->grow_lock);
+}
+
+static void
+grow_done(struct nbds_work *w)
+{
+  struct grow_job *j = (struct grow_job *) w;
+  struct rbd_disk *d = j->d;
+  struct nbds_req *req = j->req;
+  int err = j->err;
+  free(j);
+  if (err)
+    nbds_req_complete(req, rbd_error(d, "growing the image for a write",
+                                     req, err));
+  else
+    submit_io(d, req);
+}
+
+static void
+grow_then_submit(struct rbd_disk *d, struct nbds_req *req)
+{
+  struct grow_job *j = calloc(1, sizeof *j);
+  if (!j) {
+    nbds_req_complete(req, ENOMEM);
+    return;
+  }
+  j->work.fn = grow_run;
+  j->work.done = grow_done;
+  j->d = d;
+  j->req = req;
+  nbds_work_submit(&j->work);
+}
+
+static void
 rbd_layer_submit(struct nbds_layer *l, struct nbds_req *req)
 {
   struct rbd_disk *d = l->priv;
@@ -221,24 +304,11 @@ rbd_layer_submit(struct nbds_layer *l, struct nbds_req *req)
     nbds_req_complete(req, 0);
     return;
   }
-
-  struct rbd_io *io = malloc(sizeof *io);
-  rbd_completion_t c;
-  if (!io || rbd_aio_create_completion(io, NULL, &c) < 0) {
-    free(io);
-    nbds_req_complete(req, ENOMEM);
-    return;
-  }
-  *io = (struct rbd_io) {
-    .d = d, .req = req, .origin = nbds_reactor_self(),
-  };
-  int r = start(d, req, c);
-  if (r < 0) {
-    rbd_aio_release(c);
-    free(io);
-    nbds_req_complete(req, r == -ENOTSUP ? ENOTSUP
-                           : rbd_error(d, op_name(req->op), req, -r));
-  }
+  if ((req->op == NBDS_OP_WRITE || req->op == NBDS_OP_ZERO) &&
+      req->offset + req->count > d->size)
+    grow_then_submit(d, req);
+  else
+    submit_io(d, req);
 }
 
 /* ---- open and close ---------------------------------------------------- */
@@ -249,6 +319,7 @@ disk_free(struct rbd_disk *d)
   if (d->efd >= 0)
     close(d->efd);
   pthread_mutex_destroy(&d->log_lock);
+  pthread_mutex_destroy(&d->grow_lock);
   free(d->label);
   free(d);
 }
@@ -289,6 +360,7 @@ rbd_layer_open(struct nbds_layer *l, const struct nbds_kv *kv, size_t nkv)
   }
   d->efd = -1;
   pthread_mutex_init(&d->log_lock, NULL);
+  pthread_mutex_init(&d->grow_lock, NULL);
   d->home = self;
   d->home_loop = nbds_reactor_loop(self);
 

@@ -5,6 +5,7 @@
 #define NBDS_PLUGIN_RBD_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <ev.h>
@@ -40,7 +41,8 @@ struct rbd_disk {
   rados_t cluster;
   rados_ioctx_t io;
   rbd_image_t image;
-  uint64_t size;
+  _Atomic uint64_t size;    /* grows when qcow2 above appends (rbd.c) */
+  pthread_mutex_t grow_lock;
   uint64_t object_size;
   bool readonly;            /* a snapshot, or readonly=on */
   bool client_cache;        /* librbd's rbd_cache */

@@ -81,7 +81,7 @@ status_run(struct nbds_work *w)
                             diff_cb, j);
   if (r < 0)
     j->err = -r;
-  else
+  else if (j->n)
     qsort(j->v, j->n, sizeof *j->v, by_start);
 }
 
