@@ -45,6 +45,15 @@ print('flushed')")
     expect_bytes "$SCRATCH/crash.raw" $((20 * M)) 4096 0x5d "cache=$mode: FUA write survives kill -9"
 done
 
+# writethrough: every write is durable when acknowledged, no flush needed.
+rbd_create crash-wt 64M
+start_server crash -t --cache=writethrough "$(rbd_name crash-wt)"
+out=$(nbd_py "$(uri crash)" "h.pwrite(b'\x5e' * 65536, 4 << 20); print('written')")
+expect_eq "$out" written "cache=writethrough: a write, no flush"
+stop_server crash KILL
+rbd_export crash-wt "$SCRATCH/crash.raw"
+expect_bytes "$SCRATCH/crash.raw" $((4 * M)) 65536 0x5e "cache=writethrough: unflushed write survives kill -9"
+
 # ---- cache modes reach librbd -------------------------------------------------------
 for pair in writeback:on writethrough:on unsafe:on none:off directsync:off auto:off; do
     mode=${pair%:*} want=${pair#*:}

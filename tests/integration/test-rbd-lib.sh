@@ -17,10 +17,6 @@ CEPH_TOOL=$SRCDIR/../tools/ceph-one-node.sh
 CEPH_DIR=$SCRATCH/ceph
 CONF=
 
-# Under the sanitizers: librados and librbd's own leaks at exit are
-# theirs, not ours (plugins/rbd/lsan.supp names only Ceph's libraries).
-export LSAN_OPTIONS="suppressions=$SRCDIR/../../plugins/rbd/lsan.supp${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
-
 rbd_cluster_stop() {
     [ -n "$CONF" ] && "$CEPH_TOOL" stop "$CEPH_DIR" >/dev/null 2>&1
     CONF=
