@@ -116,7 +116,8 @@ print("trimmed", extents(h, 48 * M, 4 * M))
 h.shutdown()
 g.shutdown()
 EOF
-out=$(with_timeout 120 python3 "$SCRATCH/nbdsh.py" "$(uri io)" 2>&1 ||
+out=$(with_timeout 120 nbdsh -c "import sys; sys.argv = ['nbdsh', '$(uri io)']" \
+          -c "exec(open('$SCRATCH/nbdsh.py').read())" 2>&1 ||
       echo "nbdsh failed")
 echo "$out" | sed 's/^/  nbdsh: /'
 grep -q "nbdsh failed" <<<"$out" && check_fail "nbdsh script failed"
