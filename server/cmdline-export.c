@@ -11,7 +11,9 @@
  * An image that is an NBD URI (nbd://, nbd+unix://, ...) is exported
  * through the nbd layer instead of file, and --plugin through the nbdkit
  * plugin host; direct I/O does not apply there, so cache=none and auto
- * act as writeback and directsync as writethrough. */
+ * act as writeback and directsync as writethrough.  An image named
+ * rbd:POOL/IMAGE... is a Ceph RBD image (the rbd layer): there direct
+ * I/O means librbd's client cache off (QEMU's rule), which auto picks. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,6 +77,42 @@ cmdline_image_is_uri(const char *image)
   return false;
 }
 
+bool
+cmdline_image_is_rbd(const char *image)
+{
+  return strncmp(image, "rbd:", 4) == 0;
+}
+
+/* rbd:...: cache=none and directsync turn librbd's client cache off. */
+static struct nbds_layer *
+open_rbd(const struct options *o, const char **mode)
+{
+#ifdef NBDS_HAVE_RBD
+  if (strcmp(*mode, "auto") == 0) {
+    *mode = "none";
+    nbds_log_info("cache=auto: using cache=none for '%s' (librbd's client "
+                  "cache off)", o->image);
+  }
+  bool direct = strcmp(*mode, "none") == 0 || strcmp(*mode, "directsync") == 0;
+  struct kvs k = { .n = 0 };
+  kv_add(&k, "image", o->image);
+  kv_add(&k, "readonly", image_readonly(o));
+  kv_add(&k, "cache", direct ? "off" : "on");
+  kv_add(&k, "timeout", o->rbd_timeout);
+  struct nbds_layer *l = nbds_layer_open("rbd", NULL, k.v, k.n);
+  if (!l) {
+    nbds_log_error("%s", nbds_last_error());
+    exit(EXIT_FAILURE);
+  }
+  return l;
+#else
+  (void) mode;
+  nbds_log_error("'%s': this nbdstack was built without the RBD driver "
+                 "(librbd)", o->image);
+  exit(EXIT_FAILURE);
+#endif
+}
+
 /* --plugin NAME KEY=VALUE...: the nbdkit plugin host, with the plugin's
  * parameters in command-line order (a bare word goes to the plugin's
  * magic config key, as on nbdkit's command line). */
@@ -126,6 +164,8 @@ open_protocol(const struct options *o, bool uring, const char **mode)
     nbds_log_error("--upstream-timeout applies only to an NBD URI image");
     exit(EXIT_FAILURE);
   }
+  if (!o->plugin && cmdline_image_is_rbd(o->image))
+    return open_rbd(o, mode);
   if (o->plugin || cmdline_image_is_uri(o->image)) {
     bool direct = strcmp(*mode, "none") == 0 ||
                   strcmp(*mode, "directsync") == 0;
@@ -183,7 +223,7 @@ push_qcow2(const struct options *o, struct nbds_layer *below, bool uring,
 {
   bool direct = strcmp(mode, "none") == 0 || strcmp(mode, "directsync") == 0;
   struct kvs q = { .n = 0 };
-  if (!cmdline_image_is_uri(o->image))
+  if (!cmdline_image_is_uri(o->image) && !cmdline_image_is_rbd(o->image))
     kv_add(&q, "file", o->image);
   kv_add(&q, "readonly", image_readonly(o));
   kv_add(&q, "snapshot", o->snapshot_name);

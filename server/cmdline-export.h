@@ -12,5 +12,7 @@
 struct export *cmdline_export_open(const struct options *o, bool uring);
 /* True when the image argument is an NBD URI (the nbd layer serves it). */
 bool cmdline_image_is_uri(const char *image);
+/* True when the image argument names a Ceph RBD image (rbd:POOL/IMAGE). */
+bool cmdline_image_is_rbd(const char *image);
 
 #endif

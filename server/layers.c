@@ -10,6 +10,9 @@ extern const struct nbds_layer_ops nbds_qcow2_ops;
 extern const struct nbds_layer_ops nbds_nbd_ops;
 extern const struct nbds_layer_ops nbds_cachepolicy_ops;
 extern const struct nbds_layer_ops nbds_nbdkit_ops;
+#ifdef NBDS_HAVE_RBD
+extern const struct nbds_layer_ops nbds_rbd_ops;
+#endif
 
 static const struct nbds_layer_type types[] = {
   { "file", &nbds_file_ops },
@@ -19,6 +22,9 @@ static const struct nbds_layer_type types[] = {
   { "cachepolicy", &nbds_cachepolicy_ops },
   { "blockcache", &nbds_blockcache_ops },
   { "nbdkit", &nbds_nbdkit_ops },
+#ifdef NBDS_HAVE_RBD
+  { "rbd", &nbds_rbd_ops },
+#endif
 };
 
 const struct nbds_layer_ops *

@@ -101,8 +101,8 @@ static void
 refuse_other_formats(const char *path)
 {
   unsigned char magic[4];
-  if (cmdline_image_is_uri(path))
-    return;  /* an upstream NBD server: nothing to sniff */
+  if (cmdline_image_is_uri(path) || cmdline_image_is_rbd(path))
+    return;  /* an upstream NBD server or an RBD image: nothing to sniff */
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd == -1)
     return;  /* the file layer reports the real error */

@@ -41,6 +41,7 @@ enum {
   OPT_HANDSHAKE_TIMEOUT,
   OPT_IDLE_TIMEOUT,
   OPT_ALLOW,
+  OPT_RBD_TIMEOUT,
 };
 
 static const char short_opts[] = "hVf:k:p:b:x:D:rte:o:nvl:sA";
@@ -62,6 +63,7 @@ static const struct option long_opts[] = {
   { "allocation-depth", no_argument, NULL, 'A' },
   { "l2-cache-size", required_argument, NULL, OPT_L2_CACHE_SIZE },
   { "bitmaps", required_argument, NULL, OPT_BITMAPS },
+  { "rbd-timeout", required_argument, NULL, OPT_RBD_TIMEOUT },
   { "nocache", no_argument, NULL, 'n' },
   { "verbose", no_argument, NULL, 'v' },
   { "aio", required_argument, NULL, OPT_AIO },
@@ -107,7 +109,9 @@ usage(void)
 "Export a disk image over NBD (a drop-in for qemu-nbd).  FILE may also be\n"
 "an NBD URI (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH;\n"
 "TLS: nbds://, nbds+unix:// with tls-certificates=DIR or tls-psk-file=FILE,\n"
-"tls-verify-peer=false): the export is then served from that upstream.\n"
+"tls-verify-peer=false): the export is then served from that upstream; or\n"
+"a Ceph RBD image, rbd:POOL/IMAGE[@SNAP][:conf=PATH][:id=USER][:KEY=VALUE...]\n"
+"(QEMU's spelling; a snapshot is served read-only).\n"
 "\n"
 "  -h, --help                display this help and exit\n"
 "  -V, --version             output version information and exit\n"
@@ -164,6 +168,9 @@ usage(void)
 "                            bitmaps, marking them in use (they stop\n"
 "                            tracking); without it such images are\n"
 "                            refused read-write\n"
+"      --rbd-timeout=SECS    rbd: images: fail a request (and the start)\n"
+"                            when the cluster has not answered in SECS\n"
+"                            seconds (default 60; 0: wait forever)\n"
 "  -n, --nocache             same as --cache=none\n"
 "      --cache=MODE          writeback (default), writethrough, none,\n"
 "                            directsync, unsafe, or auto (none where the\n"
@@ -375,6 +382,11 @@ options_parse(int argc, char **argv, struct options *o)
       break;
     case OPT_L2_CACHE_SIZE:
       o->l2_cache_size = optarg;
+      break;
+    case OPT_RBD_TIMEOUT:
+      if (!parse_u64(optarg, &v) || v > 86400)
+        die("invalid --rbd-timeout '%s' (seconds, 0 to 86400)", optarg);
+      o->rbd_timeout = optarg;
       break;
     case OPT_BITMAPS:
       if (strcmp(optarg, "in-use") != 0)
@@ -602,6 +614,8 @@ options_parse(int argc, char **argv, struct options *o)
     die("-f qcow2 over an nbdkit plugin is not supported");
   if (!qcow2 && (o->snapshot_name || o->l2_cache_size || o->bitmaps_in_use))
     die("-l, --l2-cache-size and --bitmaps need -f qcow2");
+  if (o->rbd_timeout && strncmp(o->image, "rbd:", 4) != 0)
+    die("--rbd-timeout applies to rbd: images only");
   if (o->detect_zeroes == DETECT_ZEROES_UNMAP && o->discard != DISCARD_UNMAP)
     die("--detect-zeroes=unmap needs --discard=unmap");
   if (o->socket_path && (o->port || o->bind))

@@ -23,6 +23,7 @@ struct options {
   bool allocation_depth;     /* -A: offer qemu:allocation-depth */
   const char *l2_cache_size; /* --l2-cache-size */
   bool bitmaps_in_use;       /* --bitmaps=in-use */
+  const char *rbd_timeout;   /* --rbd-timeout=SECONDS, NULL: the default */
   const char *socket_path;   /* -k */
   const char *port;          /* -p */
   const char *bind;          /* -b */
