@@ -27,7 +27,7 @@ from nbdpeers import nbd_errno  # noqa: E402
 
 sys.path.insert(0, "/usr/lib/python3/dist-packages")
 try:
-    import nbd  # noqa: E402
+    import nbd  # noqa: E402,F401 (needed by Server.client)
 except ImportError:
     skip("python3-libnbd missing")
 if SERVER_KIND != "nbdstack":
@@ -53,27 +53,13 @@ t = Test()
 trigger = os.path.join(t.scratch, "trigger")
 
 
-def connect(srv):
-    h = nbd.NBD()
-    h.connect_uri(srv.uri())
-    return h
-
-
-def qemu_img_check(img, what):
-    p = subprocess.run(["qemu-img", "check", img], stdout=subprocess.PIPE,
-                       stderr=subprocess.STDOUT)
-    if not t.check(p.returncode in (0, 3), "%s: qemu-img check exit %d (0, or 3: leaks only)"
-                   % (what, p.returncode)):
-        sys.stderr.write(p.stdout.decode(errors="replace"))
-
-
 for what, ((lo, hi), errname, failing) in CASES.items():
     img = os.path.join(t.scratch, "disk.qcow2")
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=64k",
                     img, "1G"], check=True)
     rule = "--inject-error=write:%s,offset=%d-%d,file=%s" % (errname, lo, hi, trigger)
     srv = t.start_server("q", ["-f", "qcow2", "-t", rule], img)
-    h = connect(srv)
+    h = srv.client()
     h.pwrite(BEFORE, BEFORE_OFF)
     h.flush()
 
@@ -96,10 +82,10 @@ for what, ((lo, hi), errname, failing) in CASES.items():
     h.shutdown()
     rc = srv.stop()
     t.eq(rc, 0 if failing == "write" else 1, "%s: exit status after SIGTERM" % what)
-    qemu_img_check(img, what + ", after the failure")
+    t.qemu_img_check(img, what + ", after the failure")
 
     srv = t.start_server("q", ["-f", "qcow2", "-t"], img)
-    h = connect(srv)
+    h = srv.client()
     t.same(h.pread(64 * K, BEFORE_OFF), BEFORE, "%s: a new server reads what was flushed before" % what)
     if failing == "write":
         t.same(h.pread(64 * K, 0), Q, "%s: and the write that succeeded" % what)
@@ -112,7 +98,7 @@ for what, ((lo, hi), errname, failing) in CASES.items():
     t.same(h.pread(64 * K, 0), R, "%s: and reads it back" % what)
     h.shutdown()
     t.stop_server_ok(srv)
-    qemu_img_check(img, what + ", after recovery")
+    t.qemu_img_check(img, what + ", after recovery")
     p = subprocess.run(["qemu-io", "-f", "qcow2", "-r", "-c", "read -P 0x33 0 64k",
                         "-c", "read -P 0x33 512M 64k", "-c", "read -P 0x11 768M 64k", img],
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -44,12 +44,6 @@ t = Test()
 trigger = os.path.join(t.scratch, "trigger")
 
 
-def connect(srv):
-    h = nbd.NBD()
-    h.connect_uri(srv.uri())
-    return h
-
-
 def file_bytes(path, off, n):
     with open(path, "rb") as f:
         f.seek(off)
@@ -71,7 +65,7 @@ AFTER = {"read": A[:4 * K], "write": B, "flush": A[:4 * K],
 # Another server, on its own image, that no trigger touches.
 other_img = t.image("other.img", SIZE)
 other = t.start_server("other", ["-t"], other_img)
-ho = connect(other)
+ho = other.client()
 
 for op in REQUESTS:
     for errname in ("EIO", "ENOSPC"):
@@ -80,7 +74,7 @@ for op in REQUESTS:
         img = t.image("disk.img", SIZE, fill=[(0, A)])
         srv = t.start_server("f", ["-t", "-e", "0", "--discard=unmap",
                                    "--inject-error=%s:%s,file=%s" % (op, errname, trigger)], img)
-        h, h2 = connect(srv), connect(srv)
+        h, h2 = srv.client(), srv.client()
         # The flush case needs a write since the last flush, or the flush
         # never reaches the disk (flush elision).
         if op == "flush":
@@ -128,7 +122,7 @@ ho.shutdown()
 img = t.image("disk.img", SIZE, fill=[(0, A)])
 rule = "--inject-error=flush:EIO,file=%s" % trigger
 srv = t.start_server("f", ["-t", rule], img)
-h = connect(srv)
+h = srv.client()
 h.pwrite(B, 0)
 open(trigger, "w").close()
 t.eq(nbd_errno(h.flush), "EIO", "restart: FLUSH fails")
@@ -136,7 +130,7 @@ os.unlink(trigger)
 h.shutdown()
 srv.stop()
 srv = t.start_server("f", ["-t", rule], img)
-h = connect(srv)
+h = srv.client()
 t.eq(nbd_errno(h.pwrite, B, 4 * K), 0, "restart: a write")
 t.eq(nbd_errno(h.flush), 0, "restart: FLUSH works again in a new server")
 h.shutdown()
@@ -162,7 +156,7 @@ for args, label in fua_cases:
                              None)
     else:
         srv = t.start_server("f", ["-t", rule] + args, img)
-    h = connect(srv)
+    h = srv.client()
     open(trigger, "w").close()
     t.eq(nbd_errno(h.pwrite, B, 0, nbd.CMD_FLAG_FUA), "EIO",
          "%s: a FUA write over a failing flush gets NBD_EIO" % label)
@@ -180,7 +174,7 @@ for args, label in fua_cases:
 
 img = t.image("disk.img", SIZE, fill=[(0, A)])
 srv = t.start_server("f", ["-t", "--cache=unsafe", rule], img)
-h = connect(srv)
+h = srv.client()
 open(trigger, "w").close()
 t.eq(nbd_errno(h.pwrite, B, 0, nbd.CMD_FLAG_FUA), 0, "unsafe: FUA never reaches the disk")
 t.eq(nbd_errno(h.flush), 0, "unsafe: nor does FLUSH")
@@ -190,7 +184,7 @@ t.stop_server_ok(srv)
 
 # rate: some requests fail, the others succeed; nothing else breaks.
 srv = t.start_server("f", ["-t", "--inject-error=read:EIO,rate=50%"], img)
-h = connect(srv)
+h = srv.client()
 results = [nbd_errno(h.pread, 512, 0) for _ in range(200)]
 t.check(set(results) == {0, "EIO"} and 20 < results.count(0) < 180,
         "rate=50%%: %d of 200 reads failed, all with EIO" % results.count("EIO"))
@@ -199,7 +193,7 @@ t.stop_server_ok(srv)
 
 # offset: only requests touching [64K, 128K) fail.
 srv = t.start_server("f", ["-t", "--inject-error=write:ENOSPC,offset=65536-131072"], img)
-h = connect(srv)
+h = srv.client()
 t.eq(nbd_errno(h.pwrite, B, 60 * K), 0, "offset: a write ending before the range")
 t.eq(nbd_errno(h.pwrite, B, 62 * K), "ENOSPC", "offset: a write reaching into it")
 t.eq(nbd_errno(h.pwrite, B, 128 * K - 1), "ENOSPC", "offset: a write starting on its last byte")
