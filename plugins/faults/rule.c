@@ -163,8 +163,8 @@ fault_rule_parse(const char *spec, struct fault_rule *r)
         bad = -1;
       }
     } else {
-      nbds_error("--inject-error: unknown or repeated setting '%s' (rate, "
-                 "file, offset)", kv);
+      nbds_error("--inject-error: unknown, repeated or empty setting '%s' "
+                 "(rate, file, offset)", kv);
       bad = -1;
     }
     if (bad) {

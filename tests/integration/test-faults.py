@@ -69,7 +69,6 @@ ho = other.client()
 
 for op in REQUESTS:
     for errname in ("EIO", "ENOSPC"):
-        err = errname
         what = "%s %s" % (op, errname)
         img = t.image("disk.img", SIZE, fill=[(0, A)])
         srv = t.start_server("f", ["-t", "-e", "0", "--discard=unmap",
@@ -81,8 +80,8 @@ for op in REQUESTS:
             h.pwrite(A[:4 * K], 0)
         open(trigger, "w").close()
 
-        t.eq(nbd_errno(REQUESTS[op], h), err, "%s: the client gets NBD_%s" % (what, errname))
-        t.eq(nbd_errno(REQUESTS[op], h), err, "%s: and again" % what)
+        t.eq(nbd_errno(REQUESTS[op], h), errname, "%s: the client gets NBD_%s" % (what, errname))
+        t.eq(nbd_errno(REQUESTS[op], h), errname, "%s: and again" % what)
         t.check(srv.alive(), "%s: the server is still running" % what)
         if op == "read":
             t.eq(nbd_errno(h2.pwrite, A[:4 * K], 32 * K), 0, "%s: a second connection still writes" % what)
@@ -95,9 +94,9 @@ for op in REQUESTS:
 
         os.unlink(trigger)
         if op == "flush":
-            t.eq(nbd_errno(h.flush), err, "%s: sticky: FLUSH still fails with the trigger gone" % what)
+            t.eq(nbd_errno(h.flush), errname, "%s: sticky: FLUSH still fails with the trigger gone" % what)
             t.eq(nbd_errno(h.pwrite, B, 4 * K), 0, "%s: sticky: writes still work" % what)
-            t.eq(nbd_errno(h2.flush), err, "%s: sticky: FLUSH fails on every connection" % what)
+            t.eq(nbd_errno(h2.flush), errname, "%s: sticky: FLUSH fails on every connection" % what)
         else:
             t.eq(nbd_errno(REQUESTS[op], h), 0, "%s: the same request succeeds once the trigger is gone" % what)
             t.eq(nbd_errno(h.flush), 0, "%s: then FLUSH succeeds" % what)

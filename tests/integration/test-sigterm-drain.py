@@ -8,8 +8,8 @@ It must drain and exit 0: every write it acknowledged is in the image
 (through the block cache too, whose dirty blocks exist only in the
 server's memory), every other write got an error or a closed connection
 rather than silence (requests still in the socket when the server stops
-reading are never received), and the half-sent write changed nothing.  That the
-exit flush is an fdatasync is test-cache-modes.py's business.
+reading are never received), and the half-sent write changed nothing.
+That the exit flush is an fdatasync is test-cache-modes.py's business.
 """
 import os
 import signal
