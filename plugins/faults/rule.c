@@ -41,11 +41,12 @@ static const struct {
   { "ESHUTDOWN", ESHUTDOWN },
 };
 
+/* OPS: names joined by '+', none of them empty. */
 static int
 parse_ops(const char *s, size_t len, uint32_t *ops)
 {
   *ops = 0;
-  while (len > 0) {
+  for (;;) {
     const char *plus = memchr(s, '+', len);
     size_t n = plus ? (size_t) (plus - s) : len;
     size_t i;
@@ -58,14 +59,11 @@ parse_ops(const char *s, size_t len, uint32_t *ops)
       return -1;
     }
     *ops |= op_names[i].ops;
-    s += n;
-    len -= n;
-    if (plus) {
-      s++;
-      len--;
-    }
+    if (!plus)
+      return 0;
+    len -= n + 1;
+    s = plus + 1;
   }
-  return 0;
 }
 
 static int
@@ -143,15 +141,14 @@ fault_rule_parse(const char *spec, struct fault_rule *r)
     nbds_error("out of memory");
     return -1;
   }
-  char *save = NULL;
-  for (char *kv = opts ? strtok_r(opts, ",", &save) : NULL; kv;
-       kv = strtok_r(NULL, ",", &save)) {
+  char *rest = opts, *kv;
+  while ((kv = strsep(&rest, ","))) {
     char *eq = strchr(kv, '=');
     int bad = 0;
     if (eq)
       *eq++ = '\0';
     if (!eq) {
-      nbds_error("--inject-error: '%s' needs a value", kv);
+      nbds_error("--inject-error: '%s' in '%s' needs a value", kv, spec);
       bad = -1;
     } else if (strcmp(kv, "rate") == 0)
       bad = parse_rate(eq, &r->rate);
