@@ -22,10 +22,11 @@
  *   disk.  A block cache above still writes its dirty blocks back on
  *   FLUSH (to the OS, as QEMU's flush_to_os), so nothing is lost at exit.
  * - FLUSH is skipped when nothing was written since the last successful
- *   flush (QEMU's flush elision), and once a flush has failed every later
- *   one fails too: the kernel may have dropped the dirty pages, so success
- *   would be a lie.
+ *   flush (QEMU's flush elision), and once a flush (or a native FUA write,
+ *   with EIO) has failed every later one fails too: the kernel may have
+ *   dropped the dirty pages, so success would be a lie.
  */
+#include <errno.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -145,6 +146,15 @@ write_done(struct nbds_req *child, int err)
   /* A write made durable by native FUA leaves nothing to flush. */
   if (!err && !(child->flags & NBDS_F_FUA))
     atomic_fetch_add(&cp->written_gen, 1);
+  /* Native FUA (RWF_DSYNC) that failed with EIO may have been the sync
+   * that reported lost write-back of earlier writes: the kernel reports
+   * that once per file, so the next fdatasync would succeed.  ENOSPC is
+   * not made sticky: it is most often the allocation failing, and a full
+   * disk must work again once space is freed. */
+  if (err == EIO && (child->flags & NBDS_F_FUA)) {
+    int none = 0;
+    atomic_compare_exchange_strong(&cp->flush_error, &none, err);
+  }
   nbds_req_free(child);
   nbds_req_complete(parent, err);
 }

@@ -2,7 +2,8 @@
  *
  *   [qcow2 temporary overlay (-s)]
  *     →  raw (-o) or qcow2  →  blockcache (--block-cache, optional)
- *     →  cachepolicy (--cache)  →  file (direct I/O per --cache)
+ *     →  cachepolicy (--cache)  →  faults (--inject-error, optional)
+ *     →  file (direct I/O per --cache)
  *
  * The cache mode acts at three depths: direct I/O is how the protocol
  * layer opens the file, no-flush is the cachepolicy layer, and the write
@@ -239,6 +240,13 @@ cmdline_export_open(const struct options *o, bool uring)
 {
   const char *mode;
   struct nbds_layer *top = open_protocol(o, uring, &mode);
+
+  if (o->ninject_errors) {
+    struct kvs rules = { .n = 0 };
+    for (int i = 0; i < o->ninject_errors; i++)
+      kv_add(&rules, "rule", o->inject_errors[i]);
+    top = push("faults", top, &rules);
+  }
 
   struct kvs cache = { .n = 0 };
   kv_add(&cache, "mode", mode);

@@ -9,6 +9,7 @@ extern const struct nbds_layer_ops nbds_raw_ops;
 extern const struct nbds_layer_ops nbds_qcow2_ops;
 extern const struct nbds_layer_ops nbds_nbd_ops;
 extern const struct nbds_layer_ops nbds_cachepolicy_ops;
+extern const struct nbds_layer_ops nbds_faults_ops;
 extern const struct nbds_layer_ops nbds_nbdkit_ops;
 #ifdef NBDS_HAVE_RBD
 extern const struct nbds_layer_ops nbds_rbd_ops;
@@ -20,6 +21,7 @@ static const struct nbds_layer_type types[] = {
   { "qcow2", &nbds_qcow2_ops },
   { "nbd", &nbds_nbd_ops },
   { "cachepolicy", &nbds_cachepolicy_ops },
+  { "faults", &nbds_faults_ops },
   { "blockcache", &nbds_blockcache_ops },
   { "nbdkit", &nbds_nbdkit_ops },
 #ifdef NBDS_HAVE_RBD

@@ -42,6 +42,7 @@ enum {
   OPT_IDLE_TIMEOUT,
   OPT_ALLOW,
   OPT_RBD_TIMEOUT,
+  OPT_INJECT_ERROR,
 };
 
 static const char short_opts[] = "hVf:k:p:b:x:D:rte:o:nvl:sA";
@@ -97,6 +98,7 @@ static const struct option long_opts[] = {
   { "handshake-limit", required_argument, NULL, OPT_HANDSHAKE_TIMEOUT },
   { "idle-timeout", required_argument, NULL, OPT_IDLE_TIMEOUT },
   { "allow", required_argument, NULL, OPT_ALLOW },
+  { "inject-error", required_argument, NULL, OPT_INJECT_ERROR },
   { NULL, 0, NULL, 0 },
 };
 
@@ -209,7 +211,19 @@ usage(void)
 "                            negotiating by then (default 10, 0: never;\n"
 "                            qemu-nbd's --handshake-limit is the same)\n"
 "      --idle-timeout=SECONDS  drop a client with no request in flight for\n"
-"                            that long (default 0: never)\n");
+"                            that long (default 0: never)\n"
+"\n"
+"Testing:\n"
+"      --inject-error=OPS:ERRNO[,rate=P][,file=PATH][,offset=A-B]\n"
+"                            fail OPS (read, write, flush, trim, zero,\n"
+"                            block-status, cache joined by '+', or all)\n"
+"                            with ERRNO (EIO, ENOSPC, EPERM, ENOMEM,\n"
+"                            EINVAL, ESHUTDOWN) just above the disk: a\n"
+"                            share P of them (default 1, or N%%), only\n"
+"                            while PATH exists, only those touching bytes\n"
+"                            A to B-1 of the image; a FUA write matches\n"
+"                            flush too.  Repeatable (at most 8), the\n"
+"                            first matching rule wins\n");
 }
 
 static void __attribute__((noreturn, format(printf, 1, 2)))
@@ -585,6 +599,13 @@ options_parse(int argc, char **argv, struct options *o)
         die("--allow: invalid address or network '%s' (ADDR[/PREFIX])", bad);
       break;
     }
+    case OPT_INJECT_ERROR:
+      if (o->ninject_errors ==
+          (int) (sizeof o->inject_errors / sizeof o->inject_errors[0]))
+        die("--inject-error: at most %zu rules",
+            sizeof o->inject_errors / sizeof o->inject_errors[0]);
+      o->inject_errors[o->ninject_errors++] = optarg;
+      break;
     case '?':
       if (optopt)
         die("option '-%c' %s (try --help)", optopt,

@@ -53,6 +53,9 @@ struct options {
   struct tls_config tls;     /* --tls*, or --object tls-creds-* --tls-creds */
   const char *metrics;       /* --metrics: HOST:PORT, :PORT or socket path */
   const char *metrics_json;  /* --metrics-json: file SIGUSR1 writes */
+  /* --inject-error: the faults layer's rules (a testing option). */
+  const char *inject_errors[8];
+  int ninject_errors;
 };
 
 /* Parse argv.  On a bad command line print one line to stderr and exit

@@ -107,6 +107,14 @@ class Server:
     def alive(self):
         return self.proc.poll() is None
 
+    def client(self, export=""):
+        """A libnbd handle connected to the export."""
+        sys.path.insert(0, "/usr/lib/python3/dist-packages")
+        import nbd
+        h = nbd.NBD()
+        h.connect_uri(self.uri(export))
+        return h
+
     def stop(self, sig=signal.SIGTERM, timeout=10.0):
         """Signal and wait; returns the exit status (-N: killed by signal N;
         None: had to be SIGKILLed after timeout)."""
@@ -200,6 +208,29 @@ class Test:
                 f.seek(off)
                 f.write(data)
         return p
+
+    def qemu_img_check(self, img, what):
+        """qemu-img check finds no corruption: exit 0, or 3 (leaked
+        clusters only); its output goes to stderr otherwise."""
+        p = subprocess.run(["qemu-img", "check", img], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT)
+        if not self.check(p.returncode in (0, 3), "%s: qemu-img check exit %d (0, or 3: leaks only)"
+                          % (what, p.returncode)):
+            sys.stderr.write("".join("  check: " + l + "\n"
+                                     for l in p.stdout.decode(errors="replace").splitlines()))
+
+    def disk_bytes(self, img, fmt):
+        """The whole disk an image holds: a raw file's bytes, or a qcow2
+        image converted by qemu-img."""
+        if fmt != "raw":
+            raw = os.path.join(self.scratch, ".disk_bytes.raw")
+            subprocess.run(["qemu-img", "convert", "-f", fmt, "-O", "raw", img, raw], check=True)
+            img = raw
+        with open(img, "rb") as f:
+            data = f.read()
+        if fmt != "raw":
+            os.unlink(img)
+        return data
 
     # ---- checks ----------------------------------------------------------
     def ok(self, what):
