@@ -92,7 +92,7 @@ qcow2_alloc_start(struct qcow2 *q, struct qcow2_job *j, int *err)
   }
   if ((*err = qcow2_merge_prepare(q, req, 0, req->offset, req->count, first,
                                   end, a->target, zeroed, &a->mw))) {
-    qcow2_free_later(q, a->target, a->bytes);
+    qcow2_free_later(q, a->target, a->bytes, false);
     free(a);
     return true;
   }
@@ -123,7 +123,7 @@ link_entries(struct qcow2 *q, struct qcow2_alloc *a)
       return err;
     uint64_t old = qcow2_l2_get(q, t, i, &bitmap);
     qcow2_l2_set(q, t, i, (a->target + done) | QCOW2_COPIED, 0);
-    if ((err = qcow2_release_entry(q, old)))
+    if ((err = qcow2_release_entry(q, old, false)))
       return err;
   }
   return 0;
@@ -146,7 +146,7 @@ qcow2_alloc_link(struct qcow2 *q, struct qcow2_job *j)
     q->unsynced = true;
     err = link_entries(q, a);
   } else
-    qcow2_free_later(q, a->target, a->bytes);
+    qcow2_free_later(q, a->target, a->bytes, false);
   if (!err && (j->req->flags & NBDS_F_FUA))
     err = qcow2_do_flush(q);
   qcow2_merge_free(&a->mw);

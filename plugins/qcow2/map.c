@@ -352,7 +352,7 @@ qcow2_l2_for_write(struct qcow2 *q, uint64_t off, struct qcow2_table **t,
   if (!err)
     err = qcow2_cache_new(q, &q->l2, fresh, t);
   if (!err && l2)
-    err = qcow2_free_later(q, l2, q->cluster_size);
+    err = qcow2_free_later(q, l2, q->cluster_size, false);
   if (err) {
     free(copy);
     return err;

@@ -66,6 +66,7 @@ struct qcow2_job {
 struct qcow2_free {
   uint64_t offset;
   uint64_t bytes;
+  bool discard;   /* freed by a guest discard: punch it out of the file */
 };
 
 struct qcow2 {
@@ -188,11 +189,13 @@ int qcow2_alloc_clusters(struct qcow2 *q, uint64_t n, uint64_t *offset,
  * alloc_clusters, rounded up to clusters. */
 int qcow2_refcount_adjust(struct qcow2 *q, uint64_t offset, uint64_t bytes,
                           int delta);
+/* Drop, later, what a replaced L2 entry held (write.c); discard: it was
+ * replaced by a guest's TRIM or WRITE_ZEROES. */
+int qcow2_release_entry(struct qcow2 *q, uint64_t entry, bool discard);
 /* Drop a reference once the metadata no longer pointing at it is on disk
  * (see flush.c). */
-/* Drop, later, what a replaced L2 entry held (write.c). */
-int qcow2_release_entry(struct qcow2 *q, uint64_t entry);
-int qcow2_free_later(struct qcow2 *q, uint64_t offset, uint64_t bytes);
+int qcow2_free_later(struct qcow2 *q, uint64_t offset, uint64_t bytes,
+                     bool discard);
 int qcow2_apply_frees(struct qcow2 *q);
 int qcow2_refcount_write_back(struct qcow2 *q, bool *wrote);
 void qcow2_refcount_destroy(struct qcow2 *q);

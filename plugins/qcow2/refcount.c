@@ -272,7 +272,7 @@ grow_reftable(struct qcow2 *q, uint64_t min_entries)
     return err;
   q->h.reftable_offset = q->reftable_offset;
   q->h.reftable_clusters = (uint32_t) clusters;
-  return qcow2_free_later(q, old_offset, old_bytes);
+  return qcow2_free_later(q, old_offset, old_bytes, false);
 }
 
 int
@@ -339,7 +339,8 @@ qcow2_refcount_adjust(struct qcow2 *q, uint64_t offset, uint64_t bytes,
 }
 
 int
-qcow2_free_later(struct qcow2 *q, uint64_t offset, uint64_t bytes)
+qcow2_free_later(struct qcow2 *q, uint64_t offset, uint64_t bytes,
+                 bool discard)
 {
   if (q->nfrees == q->frees_cap) {
     size_t cap = q->frees_cap ? 2 * q->frees_cap : 64;
@@ -349,8 +350,41 @@ qcow2_free_later(struct qcow2 *q, uint64_t offset, uint64_t bytes)
     q->frees = f;
     q->frees_cap = cap;
   }
-  q->frees[q->nfrees++] = (struct qcow2_free) { offset, bytes };
+  q->frees[q->nfrees++] = (struct qcow2_free) { offset, bytes, discard };
   return 0;
+}
+
+/* Punch the clusters of [offset, offset+bytes) that no longer hold
+ * anything out of the file, as QEMU passes a guest's discards down
+ * (pass-discard-request).  Synchronous, on the metadata thread, so no
+ * allocation can reuse a cluster before its punch is done.  A discard is
+ * advisory: its failure changes nothing the guest can see, and is
+ * ignored as QEMU does. */
+static void
+punch_unused(struct qcow2 *q, uint64_t offset, uint64_t bytes)
+{
+  if (!q->file->caps.can_trim)
+    return;
+  uint64_t first = offset >> q->cluster_bits;
+  uint64_t last = (offset + bytes - 1) >> q->cluster_bits;
+  uint64_t run = first, n = 0;
+  for (uint64_t c = first; c <= last + 1; c++) {
+    uint64_t v = 1;
+    if (c <= last && qcow2_refcount_get(q, c, &v))
+      return;
+    if (v == 0) {
+      if (n++ == 0)
+        run = c;
+      continue;
+    }
+    if (n) {
+      struct nbds_req r = { .op = NBDS_OP_TRIM,
+                            .offset = run << q->cluster_bits,
+                            .count = n << q->cluster_bits };
+      qcow2_io(q, q->file, &r);
+    }
+    n = 0;
+  }
 }
 
 /* The metadata no longer pointing at the clusters in q->frees is on disk:
@@ -371,9 +405,12 @@ qcow2_apply_frees(struct qcow2 *q)
     return 0;
   int err = 0;
   size_t i;
-  for (i = 0; i < q->nfrees && !err; i++)
-    err = qcow2_refcount_adjust(q, q->frees[i].offset, q->frees[i].bytes,
-                                -1);
+  for (i = 0; i < q->nfrees && !err; i++) {
+    struct qcow2_free *f = &q->frees[i];
+    err = qcow2_refcount_adjust(q, f->offset, f->bytes, -1);
+    if (!err && f->discard)
+      punch_unused(q, f->offset, f->bytes);
+  }
   memmove(q->frees, q->frees + i, (q->nfrees - i) * sizeof *q->frees);
   q->nfrees -= i;
   return err;

@@ -16,15 +16,15 @@
 #include "zero.h"
 
 int
-qcow2_release_entry(struct qcow2 *q, uint64_t entry)
+qcow2_release_entry(struct qcow2 *q, uint64_t entry, bool discard)
 {
   if (entry & QCOW2_COMPRESSED) {
     uint64_t host, bytes;
     qcow2_compressed_range(&q->h, entry, &host, &bytes);
-    return qcow2_free_later(q, host, bytes);
+    return qcow2_free_later(q, host, bytes, discard);
   }
   uint64_t host = entry & QCOW2_OFFSET_MASK;
-  return host ? qcow2_free_later(q, host, q->cluster_size) : 0;
+  return host ? qcow2_free_later(q, host, q->cluster_size, discard) : 0;
 }
 
 int
@@ -122,7 +122,7 @@ write_new_cluster(struct qcow2 *q, struct nbds_req *req, uint64_t req_off,
   uint64_t old = qcow2_l2_get(q, t, i, &bitmap);
   qcow2_l2_set(q, t, i, target | QCOW2_COPIED,
                q->h.extended_l2 ? UINT64_C(0xffffffff) : 0);
-  return qcow2_release_entry(q, old);
+  return qcow2_release_entry(q, old, false);
 }
 
 /* Extended L2: write the subclusters [guest, guest+len) touches into the

@@ -30,7 +30,7 @@ zero_cluster(struct qcow2 *q, uint64_t guest, bool keep)
   bool ours = !(old & QCOW2_COMPRESSED) && host && (old & QCOW2_COPIED);
   if (q->h.version < 3) {
     qcow2_l2_set(q, t, i, 0, 0);
-    return qcow2_release_entry(q, old);
+    return qcow2_release_entry(q, old, true);
   }
   if (keep && ours) {
     if (q->h.extended_l2)
@@ -43,7 +43,7 @@ zero_cluster(struct qcow2 *q, uint64_t guest, bool keep)
     qcow2_l2_set(q, t, i, 0, UINT64_C(0xffffffff) << 32);
   else
     qcow2_l2_set(q, t, i, QCOW2_ZERO, 0);
-  return qcow2_release_entry(q, old);
+  return qcow2_release_entry(q, old, true);
 }
 
 /* Extended L2: whole subclusters [first, last] of the cluster at guest

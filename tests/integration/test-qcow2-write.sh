@@ -19,7 +19,8 @@
 # (COW), image with an internal snapshot (snapshot data must not change),
 # compressed image (partial and full overwrites), extended L2 with and
 # without backing, v2 image, --discard=unmap vs ignore, write -z with and
-# without unmap (ZERO_ALLOC vs ZERO_PLAIN), growing the file with 512-byte
+# without unmap (ZERO_ALLOC vs ZERO_PLAIN), the file space a discard gives
+# back (vs qemu-nbd's), growing the file with 512-byte
 # clusters until the refcount table grows, a dirty lazy-refcounts image
 # (repaired on a read-write open, served read-only), a corrupt-bit image
 # (refused read-write, served read-only), an image with a persistent bitmap
@@ -203,6 +204,37 @@ for mode in ignore unmap; do
             grep -q '^2097152 131072 data=false zero=true depth=0 present=true host=no' <(qmap_shape zero-$mode.qcow2)
     fi
     rm -f zero-$mode.qcow2
+done
+
+# --- the file gives back what the guest discards, as qemu-nbd's does --------
+# With --discard=unmap, clusters freed by a discard or a `write -z -u` are
+# punched out of the file (QEMU's pass-discard-request); with ignore nothing
+# is freed.  Both servers get the same ops on identical fresh images; the
+# space each file gives back is measured (du) and must be within a cluster
+# of the other's and at least the 20 MiB freed.
+kib_used() { du -k "$1" | cut -f1; }
+for mode in ignore unmap; do
+    declare -A freed=()
+    for who in dut ref; do
+        img=punch-$mode-$who.qcow2
+        qemu-img create -q -f qcow2 "$img" 64M
+        $who p -t --discard=$mode "$img" || break
+        qio_uri p "write -P 0x55 0 32M" "flush"
+        before=$(kib_used "$img")
+        qio_uri p "discard 0 16M" "write -z -u 16M 4M" "write -z 20M 4M" "flush"
+        freed[$who]=$((before - $(kib_used "$img")))
+        stop_server_ok p
+        qimg_check "$img" "punch $mode ($who)"
+        rm -f "$img"
+    done
+    if [ $mode = unmap ]; then
+        expect_true "--discard=unmap: the file gave back ${freed[dut]} KiB (qemu-nbd's ${freed[ref]} KiB)" \
+            [ "${freed[dut]}" -ge $((20 * 1024)) -a \
+              $((freed[dut] - freed[ref])) -le 64 -a $((freed[ref] - freed[dut])) -le 64 ]
+    else
+        expect_eq "${freed[dut]}" 0 "--discard=ignore: the file gave nothing back"
+    fi
+    unset freed
 done
 
 # --- growing the file: 512-byte clusters, fill the whole image ----------------
