@@ -1,4 +1,4 @@
-/* From command-line options to a stack of layers:
+/* From an export's settings to a stack of layers:
  *
  *   [qcow2 temporary overlay (-s)]
  *     →  raw (-o) or qcow2  →  blockcache (--block-cache, optional)
@@ -9,17 +9,25 @@
  * cache setting is the export's (see cachepolicy/cachepolicy.c).
  *
  * An image that is an NBD URI (nbd://, nbd+unix://, ...) is exported
- * through the nbd layer instead of file, and --plugin through the nbdkit
+ * through the nbd layer instead of file, and a plugin through the nbdkit
  * plugin host; direct I/O does not apply there, so cache=none and auto
  * act as writeback and directsync as writethrough.  An image named
  * rbd:POOL/IMAGE... is a Ceph RBD image (the rbd layer): there direct
- * I/O means librbd's client cache off (QEMU's rule), which auto picks. */
+ * I/O means librbd's client cache off (QEMU's rule), which auto picks.
+ *
+ * Nothing here exits: a stack that fails to open at start-up ends the
+ * server, but one a reload asks for must not. */
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
-#include "cmdline-export.h"
+#include "allow.h"
 #include "log.h"
+#include "server.h"
+#include "stack.h"
+#include "tls.h"
 
 #define MAX_KV 10
 
@@ -35,38 +43,42 @@ kv_add(struct kvs *k, const char *key, const char *value)
     k->v[k->n++] = (struct nbds_kv) { key, value };
 }
 
+/* Push a layer over `below`; on failure close the whole stack. */
 static struct nbds_layer *
 push(const char *type, struct nbds_layer *below, const struct kvs *k)
 {
   struct nbds_layer *l = nbds_layer_open(type, below, k->v, k->n);
-  if (!l) {
-    nbds_log_error("%s", nbds_last_error());
+  if (!l)
     nbds_layer_close_stack(below);
-    exit(EXIT_FAILURE);
-  }
   return l;
 }
 
 /* With -s the image is only read: writes go to the overlay. */
 static const char *
-image_readonly(const struct options *o)
+image_readonly(const struct export_settings *s)
 {
-  return o->readonly || o->temp_overlay ? "on" : "off";
+  return s->readonly || s->temp_overlay ? "on" : "off";
+}
+
+static bool
+is_direct(const char *mode)
+{
+  return strcmp(mode, "none") == 0 || strcmp(mode, "directsync") == 0;
 }
 
 static struct nbds_layer *
-open_file(const struct options *o, bool uring, bool direct)
+open_file(const struct export_settings *s, bool uring, bool direct)
 {
   struct kvs k = { .n = 0 };
-  kv_add(&k, "file", o->image);
-  kv_add(&k, "readonly", image_readonly(o));
+  kv_add(&k, "file", s->image);
+  kv_add(&k, "readonly", image_readonly(s));
   kv_add(&k, "aio", uring ? "io_uring" : "threads");
   kv_add(&k, "direct", direct ? "on" : NULL);
   return nbds_layer_open("file", NULL, k.v, k.n);
 }
 
 bool
-cmdline_image_is_uri(const char *image)
+image_is_uri(const char *image)
 {
   static const char *const schemes[] = {
     "nbd:", "nbds:", "nbd+unix:", "nbds+unix:", "nbd+vsock:", "nbds+vsock:",
@@ -78,139 +90,119 @@ cmdline_image_is_uri(const char *image)
 }
 
 bool
-cmdline_image_is_rbd(const char *image)
+image_is_rbd(const char *image)
 {
   return strncmp(image, "rbd:", 4) == 0;
 }
 
 /* rbd:...: cache=none and directsync turn librbd's client cache off. */
 static struct nbds_layer *
-open_rbd(const struct options *o, const char **mode)
+open_rbd(const struct export_settings *s, const char **mode)
 {
 #ifdef NBDS_HAVE_RBD
   if (strcmp(*mode, "auto") == 0) {
     *mode = "none";
     nbds_log_info("cache=auto: using cache=none for '%s' (librbd's client "
-                  "cache off)", o->image);
+                  "cache off)", s->image);
   }
-  bool direct = strcmp(*mode, "none") == 0 || strcmp(*mode, "directsync") == 0;
   struct kvs k = { .n = 0 };
-  kv_add(&k, "image", o->image);
-  kv_add(&k, "readonly", image_readonly(o));
-  kv_add(&k, "cache", direct ? "off" : "on");
-  kv_add(&k, "timeout", o->rbd_timeout);
-  struct nbds_layer *l = nbds_layer_open("rbd", NULL, k.v, k.n);
-  if (!l) {
-    nbds_log_error("%s", nbds_last_error());
-    exit(EXIT_FAILURE);
-  }
-  return l;
+  kv_add(&k, "image", s->image);
+  kv_add(&k, "readonly", image_readonly(s));
+  kv_add(&k, "cache", is_direct(*mode) ? "off" : "on");
+  kv_add(&k, "timeout", s->rbd_timeout);
+  return nbds_layer_open("rbd", NULL, k.v, k.n);
 #else
   (void) mode;
-  nbds_log_error("'%s': this nbdstack was built without the RBD driver "
-                 "(librbd)", o->image);
-  exit(EXIT_FAILURE);
+  nbds_error("'%s': this nbdstack was built without the RBD driver "
+             "(librbd)", s->image);
+  return NULL;
 #endif
 }
 
-/* --plugin NAME KEY=VALUE...: the nbdkit plugin host, with the plugin's
- * parameters in command-line order (a bare word goes to the plugin's
- * magic config key, as on nbdkit's command line). */
+/* An nbdkit plugin: the plugin host, with the plugin's parameters in
+ * order (a bare word goes to the plugin's magic config key, as on
+ * nbdkit's command line). */
 static struct nbds_layer *
-open_plugin(const struct options *o)
+open_plugin(const struct export_settings *s)
 {
-  size_t n = 2 + o->nplugin_args;
+  size_t n = 2 + s->nplugin_args;
   struct nbds_kv *kv = calloc(n, sizeof *kv);
   char **copies = calloc(n, sizeof *copies);
-  if (!kv || !copies) {
-    nbds_log_error("out of memory");
-    exit(EXIT_FAILURE);
-  }
-  kv[0] = (struct nbds_kv) { "plugin", o->plugin };
-  kv[1] = (struct nbds_kv) { "readonly", image_readonly(o) };
-  for (int i = 0; i < o->nplugin_args; i++) {
-    const char *arg = o->plugin_args[i];
+  struct nbds_layer *l = NULL;
+  if (!kv || !copies)
+    goto oom;
+  kv[0] = (struct nbds_kv) { "plugin", s->plugin };
+  kv[1] = (struct nbds_kv) { "readonly", image_readonly(s) };
+  for (int i = 0; i < s->nplugin_args; i++) {
+    const char *arg = s->plugin_args[i];
     const char *eq = strchr(arg, '=');
     if (eq && eq != arg) {
       copies[i] = strndup(arg, eq - arg);
-      if (!copies[i]) {
-        nbds_log_error("out of memory");
-        exit(EXIT_FAILURE);
-      }
+      if (!copies[i])
+        goto oom;
       kv[2 + i] = (struct nbds_kv) { copies[i], eq + 1 };
     } else
       kv[2 + i] = (struct nbds_kv) { "", arg };
   }
-  struct nbds_layer *l = nbds_layer_open("nbdkit", NULL, kv, n);
-  for (size_t i = 0; i < n; i++)
+  l = nbds_layer_open("nbdkit", NULL, kv, n);
+  goto out;
+oom:
+  nbds_error("out of memory");
+out:
+  for (size_t i = 0; copies && i < n; i++)
     free(copies[i]);
   free(copies);
   free(kv);
-  if (!l) {
-    nbds_log_error("%s", nbds_last_error());
-    exit(EXIT_FAILURE);
-  }
   return l;
 }
 
+/* An upstream NBD server or an nbdkit plugin: no direct I/O. */
+static struct nbds_layer *
+open_remote(const struct export_settings *s, const char **mode)
+{
+  if (is_direct(*mode) || strcmp(*mode, "auto") == 0) {
+    const char *as = strcmp(*mode, "directsync") == 0 ? "writethrough"
+                                                      : "writeback";
+    if (is_direct(*mode))
+      nbds_log_info("cache=%s: direct I/O does not apply to %s; "
+                    "using cache=%s", *mode,
+                    s->plugin ? "an nbdkit plugin" : "an NBD upstream", as);
+    *mode = as;
+  }
+  if (s->plugin)
+    return open_plugin(s);
+  struct kvs k = { .n = 0 };
+  kv_add(&k, "uri", s->image);
+  kv_add(&k, "readonly", image_readonly(s));
+  kv_add(&k, "timeout", s->upstream_timeout);
+  return nbds_layer_open("nbd", NULL, k.v, k.n);
+}
+
 /* The protocol layer, and the cache mode the cachepolicy layer gets.
- * --cache=auto (an nbdstack extension) uses direct I/O where the
+ * cache=auto (an nbdstack extension) uses direct I/O where the
  * filesystem has it and the page cache where it does not. */
 static struct nbds_layer *
-open_protocol(const struct options *o, bool uring, const char **mode)
+open_protocol(const struct export_settings *s, bool uring, const char **mode)
 {
-  *mode = o->cache ? o->cache : "writeback";
-  if (o->upstream_timeout && (o->plugin || !cmdline_image_is_uri(o->image))) {
-    nbds_log_error("--upstream-timeout applies only to an NBD URI image");
-    exit(EXIT_FAILURE);
-  }
-  if (!o->plugin && cmdline_image_is_rbd(o->image))
-    return open_rbd(o, mode);
-  if (o->plugin || cmdline_image_is_uri(o->image)) {
-    bool direct = strcmp(*mode, "none") == 0 ||
-                  strcmp(*mode, "directsync") == 0;
-    if (direct || strcmp(*mode, "auto") == 0) {
-      const char *as = strcmp(*mode, "directsync") == 0 ? "writethrough"
-                                                         : "writeback";
-      if (direct)
-        nbds_log_info("cache=%s: direct I/O does not apply to %s; "
-                      "using cache=%s", *mode,
-                      o->plugin ? "an nbdkit plugin" : "an NBD upstream", as);
-      *mode = as;
-    }
-    if (o->plugin)
-      return open_plugin(o);
-    struct kvs k = { .n = 0 };
-    kv_add(&k, "uri", o->image);
-    kv_add(&k, "readonly", image_readonly(o));
-    if (o->upstream_timeout)
-      kv_add(&k, "timeout", o->upstream_timeout);
-    struct nbds_layer *nbd = nbds_layer_open("nbd", NULL, k.v, k.n);
-    if (!nbd) {
-      nbds_log_error("%s", nbds_last_error());
-      exit(EXIT_FAILURE);
-    }
-    return nbd;
-  }
-  bool direct = strcmp(*mode, "none") == 0 || strcmp(*mode, "directsync") == 0;
-  bool automatic = strcmp(*mode, "auto") == 0;
+  *mode = s->cache ? s->cache : "writeback";
+  if (!s->plugin && image_is_rbd(s->image))
+    return open_rbd(s, mode);
+  if (s->plugin || image_is_uri(s->image))
+    return open_remote(s, mode);
 
-  struct nbds_layer *file = open_file(o, uring, direct || automatic);
+  bool automatic = strcmp(*mode, "auto") == 0;
+  struct nbds_layer *file = open_file(s, uring, is_direct(*mode) || automatic);
   if (automatic) {
     if (file)
       *mode = "none";
     else if (strstr(nbds_last_error(), "does not support direct I/O")) {
-      file = open_file(o, uring, false);
+      file = open_file(s, uring, false);
       *mode = "writeback";
     }
     if (file)
-      nbds_log_info("cache=auto: using cache=%s for '%s'%s", *mode, o->image,
+      nbds_log_info("cache=auto: using cache=%s for '%s'%s", *mode, s->image,
                     strcmp(*mode, "none") == 0 ? " (direct I/O)"
                     : " (the filesystem has no direct I/O)");
-  }
-  if (!file) {
-    nbds_log_error("%s", nbds_last_error());
-    exit(EXIT_FAILURE);
   }
   return file;
 }
@@ -218,77 +210,129 @@ open_protocol(const struct options *o, bool uring, const char **mode)
 /* qcow2 over the stack below; its backing files are opened as the image
  * is (the same aio and direct I/O settings). */
 static struct nbds_layer *
-push_qcow2(const struct options *o, struct nbds_layer *below, bool uring,
-           const char *mode)
+push_qcow2(const struct export_settings *s, struct nbds_layer *below,
+           bool uring, const char *mode)
 {
-  bool direct = strcmp(mode, "none") == 0 || strcmp(mode, "directsync") == 0;
   struct kvs q = { .n = 0 };
-  if (!cmdline_image_is_uri(o->image) && !cmdline_image_is_rbd(o->image))
-    kv_add(&q, "file", o->image);
-  kv_add(&q, "readonly", image_readonly(o));
-  kv_add(&q, "snapshot", o->snapshot_name);
-  kv_add(&q, "l2-cache-size", o->l2_cache_size);
-  kv_add(&q, "bitmaps", o->bitmaps_in_use ? "in-use" : NULL);
+  if (!image_is_uri(s->image) && !image_is_rbd(s->image))
+    kv_add(&q, "file", s->image);
+  kv_add(&q, "readonly", image_readonly(s));
+  kv_add(&q, "snapshot", s->snapshot_name);
+  kv_add(&q, "l2-cache-size", s->l2_cache_size);
+  kv_add(&q, "bitmaps", s->bitmaps_in_use ? "in-use" : NULL);
   kv_add(&q, "aio", uring ? "io_uring" : "threads");
-  kv_add(&q, "direct", direct ? "on" : NULL);
+  kv_add(&q, "direct", is_direct(mode) ? "on" : NULL);
   return push("qcow2", below, &q);
 }
 
-struct export *
-cmdline_export_open(const struct options *o, bool uring)
+static struct nbds_layer *
+open_stack(const struct export_settings *s, bool uring, const char **mode)
 {
-  const char *mode;
-  struct nbds_layer *top = open_protocol(o, uring, &mode);
+  struct nbds_layer *top = open_protocol(s, uring, mode);
+  if (!top)
+    return NULL;
 
   struct kvs cache = { .n = 0 };
-  kv_add(&cache, "mode", mode);
-  top = push("cachepolicy", top, &cache);
+  kv_add(&cache, "mode", *mode);
+  if (!(top = push("cachepolicy", top, &cache)))
+    return NULL;
 
-  if (o->block_cache) {
+  if (s->block_cache) {
     struct kvs bc = { .n = 0 };
-    kv_add(&bc, "size", o->block_cache);
-    kv_add(&bc, "block", o->block_cache_block);
-    kv_add(&bc, "read-miss", o->block_cache_read_miss);
-    kv_add(&bc, "write-hit", o->block_cache_write_hit);
-    kv_add(&bc, "write-miss", o->block_cache_write_miss);
-    top = push("blockcache", top, &bc);
+    kv_add(&bc, "size", s->block_cache);
+    kv_add(&bc, "block", s->block_cache_block);
+    kv_add(&bc, "read-miss", s->block_cache_read_miss);
+    kv_add(&bc, "write-hit", s->block_cache_write_hit);
+    kv_add(&bc, "write-miss", s->block_cache_write_miss);
+    if (!(top = push("blockcache", top, &bc)))
+      return NULL;
   }
 
-  if (o->format && strcmp(o->format, "qcow2") == 0)
-    top = push_qcow2(o, top, uring, mode);
+  if (s->format && strcmp(s->format, "qcow2") == 0)
+    top = push_qcow2(s, top, uring, *mode);
   else {
     char offset[32];
-    snprintf(offset, sizeof offset, "%llu", (unsigned long long) o->offset);
+    snprintf(offset, sizeof offset, "%llu", (unsigned long long) s->offset);
     struct kvs raw = { .n = 0 };
     kv_add(&raw, "offset", offset);
-    kv_add(&raw, "round", o->plugin ? "off" : NULL);
+    kv_add(&raw, "round", s->plugin ? "off" : NULL);
     top = push("raw", top, &raw);
   }
 
-  if (o->temp_overlay) {
+  if (top && s->temp_overlay) {
     struct kvs ov = { .n = 0 };
     kv_add(&ov, "overlay", "on");
-    kv_add(&ov, "readonly", o->readonly ? "on" : "off");
+    kv_add(&ov, "readonly", s->readonly ? "on" : "off");
     kv_add(&ov, "aio", uring ? "io_uring" : "threads");
     top = push("qcow2", top, &ov);
   }
+  return top;
+}
 
+/* Without a format, refuse an image that is plainly another format
+ * rather than exporting its metadata as data (qemu-nbd would probe it). */
+static bool
+other_format(const struct export_settings *s)
+{
+  unsigned char magic[4];
+  if (s->format || s->plugin || image_is_uri(s->image) ||
+      image_is_rbd(s->image))
+    return false;  /* nothing to sniff */
+  int fd = open(s->image, O_RDONLY | O_CLOEXEC);
+  if (fd == -1)
+    return false;  /* the file layer reports the real error */
+  bool qcow2 = read(fd, magic, 4) == 4 && memcmp(magic, "QFI\xfb", 4) == 0;
+  close(fd);
+  if (qcow2)
+    nbds_error("'%s' is a qcow2 image: pass -f qcow2 to serve it, or -f raw "
+               "to export its bytes as they are (nbdstack never guesses a "
+               "format)", s->image);
+  return qcow2;
+}
+
+struct export *
+export_open(const struct export_settings *s, bool uring)
+{
   struct export *e = calloc(1, sizeof *e);
-  if (!e || !(e->name = strdup(o->export_name)) ||
-      (o->description && !(e->description = strdup(o->description)))) {
-    nbds_log_error("out of memory");
-    exit(EXIT_FAILURE);
+  const char *bad;
+  if (!e || !(e->name = strdup(s->name)) ||
+      (s->description && !(e->description = strdup(s->description))) ||
+      (s->allow && !(e->allow = allow_list_new()))) {
+    nbds_error("out of memory");
+    goto fail;
   }
-  e->top = top;
-  e->readonly = o->readonly;
-  e->alloc_depth = o->allocation_depth;
+  if (s->allow && !allow_list_add(e->allow, s->allow, &bad)) {
+    nbds_error("invalid address or network '%s' (ADDR[/PREFIX])", bad);
+    goto fail;
+  }
+  if (s->tls_required && tls_mode() == TLS_OFF) {
+    nbds_error("tls = require, but the server has no TLS (tls-certificates "
+               "or tls-psk in [server])");
+    goto fail;
+  }
+  const char *mode;
+  if (other_format(s) || !(e->top = open_stack(s, uring, &mode)))
+    goto fail;
+  e->readonly = s->readonly;
+  e->alloc_depth = s->allocation_depth;
+  e->tls_required = s->tls_required;
   /* A flush covers every connection, but with -e 1 a second connection
    * would wait in the backlog: advertise multi-conn only when clients can
    * really open several, as qemu-nbd does. */
-  e->multi_conn = o->shared != 1;
+  e->multi_conn = server_config.shared != 1;
   e->write_cache = strcmp(mode, "writethrough") != 0 &&
                    strcmp(mode, "directsync") != 0;
-  e->discard = o->discard;
-  e->detect_zeroes = o->detect_zeroes;
+  e->discard = s->discard;
+  e->detect_zeroes = s->detect_zeroes;
   return e;
+
+fail:
+  /* The command line's one export usually has no name to give. */
+  if (*s->name)
+    nbds_log_error("export '%s': %s", s->name, nbds_last_error());
+  else
+    nbds_log_error("%s", nbds_last_error());
+  if (e)
+    export_free(e);
+  return NULL;
 }
