@@ -81,17 +81,25 @@ export_free(struct export *e)
 }
 
 static void
+close_withdrawn(void *arg)
+{
+  struct export *e = arg;
+  nbds_log_info("export '%s': closed (withdrawn, its last client gone)",
+                e->name);
+  export_free(e);
+  closing--;
+}
+
+static void
 closing_flushed(struct nbds_req *req, int err)
 {
   struct export *e = req->opaque;
   if (err)
     nbds_log_error("export '%s': flush before closing failed: %s", e->name,
                    strerror(err));
-  nbds_log_info("export '%s': closed (withdrawn, its last client gone)",
-                e->name);
   free(req);
-  export_free(e);
-  closing--;
+  /* Not from inside the stack's own completion: close it from the loop. */
+  nbds_reactor_post(server_main_reactor(), close_withdrawn, e);
 }
 
 /* On reactor 0: take withdrawn exports nobody holds off the list, flush
@@ -117,16 +125,14 @@ reap(void *unused)
     struct export *e = dead;
     dead = e->next;
     struct nbds_req *req = calloc(1, sizeof *req);
+    closing++;
     if (!req || e->readonly || !e->top->caps.can_flush) {
       free(req);
-      nbds_log_info("export '%s': closed (withdrawn, its last client "
-                    "gone)", e->name);
-      export_free(e);
+      close_withdrawn(e);
       continue;
     }
     *req = (struct nbds_req) { .op = NBDS_OP_FLUSH, .done = closing_flushed,
                                .opaque = e };
-    closing++;
     nbds_layer_submit(e->top, req);
   }
 }

@@ -7,7 +7,10 @@
 #   a new section appears; a changed one is served with its new settings
 #   to new clients while a client of the old one keeps the old; an
 #   unchanged one keeps its stack and its client;
-#   a bad file on reload changes nothing.
+#   a bad file on reload changes nothing;
+#   a removed export over an upstream NBD server (nbdkit, multi-conn: a
+#   libnbd handle on each reactor) is closed on every reactor once its
+#   clients leave, while the other reactors keep serving.
 # Waits are for the server's own log lines, never for a time.
 import json
 import os
@@ -18,10 +21,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import Test, sha256, skip  # noqa: E402
+from nbdpeers import Peers  # noqa: E402
 import nbdprobe as P  # noqa: E402
 
-if not shutil.which("nbdinfo"):
-    skip("nbdinfo not found")
+for tool in ("nbdinfo", "nbdkit"):
+    if not shutil.which(tool):
+        skip("%s not found" % tool)
 import nbd  # noqa: E402  (python3-libnbd)
 
 M = 1024 * 1024
@@ -31,6 +36,8 @@ gone_img = t.image("gone.img", 4 * M)
 change_img = t.image("change.img", 4 * M)
 new_img = t.image("new.img", 2 * M)
 conf = os.path.join(t.scratch, "nbdstack.conf")
+ksock = os.path.join(t.scratch, "nbdkit.sock")
+Peers(t).start("nbdkit", ["nbdkit", "-f", "-U", ksock, "memory", "8M"], ksock)
 
 FIRST = """\
 [keep]
@@ -43,7 +50,10 @@ file = gone.img
 [change]
 file = change.img
 description = before
-"""
+
+[upstream]
+file = nbd+unix:///?socket=%s
+""" % ksock
 
 SECOND = """\
 [keep]
@@ -89,9 +99,13 @@ def connect(export):
 write(FIRST)
 srv = t.start_server("reload", ["--threads=2"], None, config=conf)
 ex = listing()
-t.eq(sorted(ex), ["change", "gone", "keep"], "LIST before")
+t.eq(sorted(ex), ["change", "gone", "keep", "upstream"], "LIST before")
 t.eq(ex["change"].get("description"), "before", "change: description before")
 
+# Two clients of the upstream export, one per reactor (round robin).
+on_up = [connect("upstream"), connect("upstream")]
+for i, h in enumerate(on_up):
+    h.pwrite(bytes([0x40 + i]) * 4096, i * 4096)
 on_gone = connect("gone")
 on_keep = connect("keep")
 on_change = connect("change")
@@ -105,6 +119,7 @@ t.check(reload(1), "SIGHUP: the server reloads")
 t.check(srv.wait_log("export 'new': added"), "log: new added")
 t.check(srv.wait_log("export 'gone': removed"), "log: gone removed")
 t.check(srv.wait_log("export 'change': changed"), "log: change changed")
+t.check(srv.wait_log("export 'upstream': removed"), "log: upstream removed")
 t.check("export 'keep'" not in srv.logtext().split("reloading (SIGHUP)")[1],
         "log: keep untouched")
 ex = listing()
@@ -150,6 +165,19 @@ on_gone.shutdown()
 t.check(srv.wait_log("export 'gone': closed"), "gone: closed once its client left")
 with open(gone_img, "rb") as f:
     t.same(f.read(131072), b"G" * 65536 + b"g" * 65536, "gone: its data is in gone.img")
+
+# The upstream export's clients go on, then leave: it closes on both
+# reactors, and the server goes on serving.
+for i, h in enumerate(on_up):
+    t.same(h.pread(4096, i * 4096), bytes([0x40 + i]) * 4096,
+           "upstream: client %d reads after the reload" % i)
+    h.shutdown()
+t.check(srv.wait_log("export 'upstream': closed"), "upstream: closed once its clients left")
+for _ in range(2):
+    t.same(on_keep.pread(4096, 65536), b"k" * 4096, "keep: served after upstream closed")
+    h = connect("new")
+    h.pread(4096, 0)
+    h.shutdown()
 
 # ---- a bad file on reload -----------------------------------------------------
 before = sha256(conf)
