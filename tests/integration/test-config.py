@@ -115,6 +115,22 @@ t.same(h.pread(512, 0), b"\x01" * 512, "mem: the plugin serves reads and writes"
 h.shutdown()
 t.stop_server_ok(srv)
 
+# ---- examples/nbdstack.conf runs as its comment says ---------------------------
+example_dir = os.path.join(t.scratch, "example")
+os.mkdir(example_dir)
+example = os.path.join(example_dir, "nbdstack.conf")
+shutil.copy(os.path.join(os.environ.get("SRCDIR", os.path.dirname(__file__)),
+                         "..", "..", "examples", "nbdstack.conf"), example)
+with open(os.path.join(example_dir, "disk.img"), "wb") as f:
+    f.truncate(64 * M)
+subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2",
+                os.path.join(example_dir, "golden.qcow2"), "64M"], check=True)
+srv = t.start_server("example", [], None, config=example)
+ex = exports_of(srv)
+t.eq(sorted(ex), ["disk", "golden", "scratch"], "examples/nbdstack.conf: its exports")
+t.eq(ex["golden"]["is_read_only"], True, "examples/nbdstack.conf: golden read-only")
+t.stop_server_ok(srv)
+
 # ---- bad files ------------------------------------------------------------
 sock = os.path.join(t.scratch, "bad.sock")
 
