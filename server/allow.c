@@ -73,8 +73,12 @@ allow_list_add(struct allow_list *l, const char *list, const char **bad)
   static char entry[128];
   const char *p = list;
   for (;;) {
-    size_t len = strcspn(p, ",");
-    snprintf(entry, sizeof entry, "%.*s", (int) len, p);
+    size_t len = strcspn(p, ","), skip = strspn(p, " \t");
+    /* Spaces around an entry are allowed ("a, b" in a config file). */
+    size_t n = skip < len ? len - skip : 0;
+    while (n && (p[skip + n - 1] == ' ' || p[skip + n - 1] == '\t'))
+      n--;
+    snprintf(entry, sizeof entry, "%.*s", (int) n, p + skip);
     if (l->n == ALLOW_MAX || !parse_one(entry, &l->networks[l->n])) {
       *bad = entry;
       return false;

@@ -242,6 +242,9 @@ exports_flush_all(void)
 {
   bool ok = true;
   struct ev_loop *loop = nbds_reactor_loop(nbds_reactor_self());
+  /* Every client is gone: close the withdrawn exports now, so that no
+   * reap posted earlier unlinks one while the loop below walks the list. */
+  reap(NULL);
   while (closing)
     ev_run(loop, EVRUN_ONCE);
   for (struct export *e = exports; e; e = e->next) {

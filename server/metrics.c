@@ -196,13 +196,17 @@ static struct snapshot *
 snapshot_all(size_t *n)
 {
   *n = 0;
-  exports_lock();  /* a reload may change the list meanwhile */
+  /* A reload may change the list meanwhile.  Withdrawn exports are left
+   * out: a changed one's successor has the same name, and one series per
+   * name is what scrapers expect. */
+  exports_lock();
   for (struct export *e = exports; e; e = e->next)
-    (*n)++;
+    *n += e->offered;
   struct snapshot *s = *n ? malloc(*n * sizeof *s) : NULL;
   size_t i = 0;
   for (struct export *e = exports; s && e; e = e->next)
-    take_snapshot(e, &s[i++]);
+    if (e->offered)
+      take_snapshot(e, &s[i++]);
   exports_unlock();
   return s;
 }
