@@ -176,5 +176,7 @@ main(int argc, char **argv)
   announce_ready();
   systemd_notify_ready();
 
-  return server_run() ? EXIT_SUCCESS : EXIT_FAILURE;
+  bool ok = server_run();
+  config_free(o.cfg);  /* the options pointed into it until now */
+  return ok ? EXIT_SUCCESS : EXIT_FAILURE;
 }
