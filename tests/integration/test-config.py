@@ -135,16 +135,22 @@ t.stop_server_ok(srv)
 sock = os.path.join(t.scratch, "bad.sock")
 
 
+def run_once(config, *extra):
+    """Start the server on config, expecting it to stop at once.
+    -> (exit status, stderr)"""
+    r = subprocess.run([NBDSTACK, "--config", config, "-k", sock] + list(extra),
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+    return r.returncode, r.stderr.decode(errors="replace").strip()
+
+
 def refused(name, text, line, want, key=None):
     """The server refuses the file with one line naming it and line."""
     path = write_config(name + ".conf", text)
-    r = subprocess.run([NBDSTACK, "--config", path, "-k", sock],
-                       stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
-    err = r.stderr.decode(errors="replace").strip()
+    rc, err = run_once(path)
     prefix = "nbdstack: %s:%d: " % (path, line)
     if key:
         prefix += "key '%s': " % key
-    t.eq(r.returncode, 1, "%s: exit status" % name)
+    t.eq(rc, 1, "%s: exit status" % name)
     t.check(err.startswith(prefix) and want in err and "\n" not in err,
             "%s: one line %r...%r (got %r)" % (name, prefix, want, err))
     t.check(not os.path.exists(sock), "%s: nothing listens" % name)
@@ -194,36 +200,26 @@ refused("syntax", "[a]\nfile = raw.img\nthis line has no equals sign\n", 3,
 refused("continuation", "[a]\nfile = raw.img\n  more.img\n", 3, "syntax error")
 
 missing = write_config("missing.conf", "[here]\nfile = raw.img\n[gone]\nfile = nothere.img\n")
-r = subprocess.run([NBDSTACK, "--config", missing, "-k", sock],
-                   stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
-err = r.stderr.decode(errors="replace").strip()
-t.eq(r.returncode, 1, "an image that cannot be opened: exit status")
+rc, err = run_once(missing)
+t.eq(rc, 1, "an image that cannot be opened: exit status")
 t.check(err.startswith("nbdstack: export 'gone': ") and "nothere.img" in err
         and "\n" not in err, "an image that cannot be opened: one line naming "
         "the export (got %r)" % err)
 t.check(not os.path.exists(sock), "an image that cannot be opened: nothing listens")
 
-notls = write_config("notls.conf", "[a]\nfile = raw.img\ntls = require\n")
-r = subprocess.run([NBDSTACK, "--config", notls, "-k", sock],
-                   stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
-err = r.stderr.decode(errors="replace").strip()
-t.check(r.returncode == 1 and "export 'a': tls = require" in err,
+rc, err = run_once(write_config("notls.conf", "[a]\nfile = raw.img\ntls = require\n"))
+t.check(rc == 1 and "export 'a': tls = require" in err,
         "tls = require without server credentials: refused (got %r)" % err)
 
 unreadable = os.path.join(t.scratch, "no-such.conf")
-r = subprocess.run([NBDSTACK, "--config", unreadable, "-k", sock],
-                   stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
-err = r.stderr.decode(errors="replace").strip()
-t.check(r.returncode == 1 and err == "nbdstack: %s: cannot read: No such file "
+rc, err = run_once(unreadable)
+t.check(rc == 1 and err == "nbdstack: %s: cannot read: No such file "
         "or directory" % unreadable, "an unreadable file: one line (got %r)" % err)
 
-r = subprocess.run([NBDSTACK, "--config", good, "-k", sock, raw],
-                   stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
-t.check(r.returncode == 1 and b"no image argument" in r.stderr,
-        "--config with an image argument: refused")
-r = subprocess.run([NBDSTACK, "--config", good, "-k", sock, "-r"],
-                   stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
-t.check(r.returncode == 1 and b"--read-only is an image option" in r.stderr,
+rc, err = run_once(good, raw)
+t.check(rc == 1 and "no image argument" in err, "--config with an image argument: refused")
+rc, err = run_once(good, "-r")
+t.check(rc == 1 and "--read-only is an image option" in err,
         "--config with an image option: refused")
 t.check(not os.path.exists(sock), "nothing listened")
 
