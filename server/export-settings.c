@@ -21,13 +21,6 @@ set_string(const char **field, const char *value)
 }
 
 static const char *
-set_bool(bool *field, const char *value)
-{
-  return parse_bool(value, field) ? NULL
-         : value_error("'%s' is not a boolean (true or false)", value);
-}
-
-static const char *
 set_seconds(const char **field, const char *value)
 {
   uint64_t v;
@@ -71,7 +64,7 @@ export_settings_set(struct export_settings *s, const char *key,
     return NULL;
   }
   if (strcmp(key, "readonly") == 0)
-    return set_bool(&s->readonly, value);
+    return value_set_bool(&s->readonly, value);
   if (strcmp(key, "offset") == 0) {
     if (!parse_u64(value, &v) || v > INT64_MAX)
       return value_error("'%s' is not an offset", value);
@@ -83,7 +76,7 @@ export_settings_set(struct export_settings *s, const char *key,
     return set_string(&s->snapshot_name, value);
   }
   if (strcmp(key, "allocation-depth") == 0)
-    return set_bool(&s->allocation_depth, value);
+    return value_set_bool(&s->allocation_depth, value);
   if (strcmp(key, "l2-cache-size") == 0)
     return set_size(&s->l2_cache_size, value);
   if (strcmp(key, "bitmaps") == 0) {

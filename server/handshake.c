@@ -106,9 +106,12 @@ static void
 enter_transmission(struct conn *c, struct export *e)
 {
   struct handshake *hs = &c->hs;
+  /* By name: a reload may have changed the export since SET_META_CONTEXT,
+   * so keep only what this one offers. */
   bool same = hs->meta_export && strcmp(hs->meta_export, e->name) == 0;
-  tx_start(c, e, hs->structured, same && hs->meta_base_allocation,
-           same && hs->meta_alloc_depth);
+  tx_start(c, e, hs->structured,
+           same && hs->meta_base_allocation && e->top->caps.can_extents,
+           same && hs->meta_alloc_depth && e->alloc_depth);
 }
 
 /* May this client see the export?  Per export (a configuration

@@ -155,7 +155,7 @@ main(int argc, char **argv)
   if (o.cfg) {
     if (!reload_open_all(o.cfg, uring))
       exit(EXIT_FAILURE);
-    reload_start(o.config, uring);
+    reload_start(o.config);
   } else {
     struct export *e = export_open(&o.ex, uring);
     if (!e)

@@ -1,7 +1,5 @@
 /* Command-line parsing, qemu-nbd compatible. */
-#include <errno.h>
 #include <getopt.h>
-#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -351,13 +349,6 @@ set_seconds(unsigned *field, const char *value)
   return NULL;
 }
 
-static const char *
-set_bool(bool *field, const char *value)
-{
-  return parse_bool(value, field) ? NULL
-         : value_error("'%s' is not a boolean (true or false)", value);
-}
-
 const char *
 options_set(struct options *o, const char *key, const char *value)
 {
@@ -377,7 +368,7 @@ options_set(struct options *o, const char *key, const char *value)
       return value_error("invalid shared client count '%s'", value);
     o->shared = v;
   } else if (strcmp(key, "persistent") == 0)
-    return set_bool(&o->persistent, value);
+    return value_set_bool(&o->persistent, value);
   else if (strcmp(key, "threads") == 0) {
     if (!parse_u64(value, &v) || v < 1 || v > 1024)
       return value_error("invalid thread count '%s'", value);
@@ -397,11 +388,14 @@ options_set(struct options *o, const char *key, const char *value)
       return value_error("invalid log destination '%s' (stderr, syslog)",
                          value);
     o->log_syslog = strcmp(value, "syslog") == 0;
-  } else if (strcmp(key, "metrics") == 0 || strcmp(key, "metrics-json") == 0) {
+  } else if (strcmp(key, "metrics") == 0) {
     if (!*value)
-      return key[7] ? "needs a file name"
-                    : "needs HOST:PORT, :PORT or a socket path";
-    *(key[7] ? &o->metrics_json : &o->metrics) = value;
+      return "needs HOST:PORT, :PORT or a socket path";
+    o->metrics = value;
+  } else if (strcmp(key, "metrics-json") == 0) {
+    if (!*value)
+      return "needs a file name";
+    o->metrics_json = value;
   } else if (strcmp(key, "tls") == 0) {
     if (!parse_tls_mode(value, &o->tls.mode))
       return value_error("invalid tls mode '%s' (off, on, require)", value);
@@ -411,7 +405,7 @@ options_set(struct options *o, const char *key, const char *value)
   else if (strcmp(key, "tls-psk") == 0)
     o->tls.psk_file = value;
   else if (strcmp(key, "tls-verify-peer") == 0)
-    return set_bool(&o->tls.verify_peer, value);
+    return value_set_bool(&o->tls.verify_peer, value);
   else if (strcmp(key, "handshake-timeout") == 0 ||
            strcmp(key, "handshake-limit") == 0)
     return set_seconds(&o->handshake_timeout, value);
@@ -506,7 +500,8 @@ void
 options_parse(int argc, char **argv, struct options *o)
 {
   defaults(o);
-  bool have_cache = false, cli_listener = false, cli_allow = false;
+  bool have_cache = false, have_aio = false;
+  bool cli_listener = false, cli_allow = false;
   const char *export_opt = NULL;  /* an image option given, for --config */
   const char *tls_creds = NULL;
   const char *err;
@@ -601,6 +596,9 @@ options_parse(int argc, char **argv, struct options *o)
             strchr(short_opts, optopt) ? "needs an argument" : "is unknown");
       die("unknown or incomplete option '%s' (try --help)", argv[optind - 1]);
     default:
+      if (c == OPT_AIO && have_aio)
+        die("--aio can only be given once");
+      have_aio |= c == OPT_AIO;
       /* The command line's listeners and --allow replace [server]'s. */
       if ((c == 'k' || c == 'p' || c == 'b') && !cli_listener) {
         cli_listener = true;

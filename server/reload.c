@@ -128,11 +128,10 @@ sighup_cb(struct ev_loop *loop, ev_signal *w, int revents)
 }
 
 void
-reload_start(const char *path, bool uring)
+reload_start(const char *path)
 {
   struct ev_loop *loop = nbds_reactor_loop(server_main_reactor());
   config_path = path;
-  use_uring = uring;
   ev_signal_init(&sighup_watcher, sighup_cb, SIGHUP);
   ev_signal_start(loop, &sighup_watcher);
   ev_unref(loop);  /* it alone does not keep the server running */

@@ -7,10 +7,11 @@
 
 struct config;
 
-/* Open and offer every export cfg describes.  False (the failing one
- * logged) if one cannot be opened. */
+/* Open and offer every export cfg describes, with io_uring or not (as
+ * later reloads will).  False (the failing one logged) if one cannot be
+ * opened. */
 bool reload_open_all(const struct config *cfg, bool uring);
 /* Watch for SIGHUP on reactor 0's loop; re-read path then. */
-void reload_start(const char *path, bool uring);
+void reload_start(const char *path);
 
 #endif

@@ -45,6 +45,13 @@ parse_bool(const char *s, bool *out)
   return true;
 }
 
+const char *
+value_set_bool(bool *field, const char *value)
+{
+  return parse_bool(value, field) ? NULL
+         : value_error("'%s' is not a boolean (true or false)", value);
+}
+
 bool
 parse_cache_mode(const char *s, const char **mode)
 {
