@@ -212,25 +212,24 @@ export_pair(struct parse *p, struct config_export *ex, const char *key,
 {
   struct export_settings *s = &ex->s;
   const char *err = NULL;
-  bool plugin_param = strncmp(key, "plugin.", 7) == 0;
-  if (plugin_param) {
-    char *arg, *copy;
+  if (strncmp(key, "plugin.", 7) == 0) {
+    char *arg;
     const char **args = realloc((void *) s->plugin_args,
                                 (s->nplugin_args + 1) * sizeof *args);
-    if (!key[7])
-      err = "a plugin parameter needs a name (plugin.NAME = VALUE)";
-    else if (!args || asprintf(&arg, "%s=%s", key + 7, value) == -1 ||
-             !(copy = keep(p, arg)))
-      err = "out of memory";
-    else {
-      args[s->nplugin_args++] = copy;
-      s->plugin_args = args;
-      return true;
-    }
     if (args)
       s->plugin_args = args;
+    if (!key[7])
+      err = "a plugin parameter needs a name (plugin.NAME = VALUE)";
+    else if (!args || asprintf(&arg, "%s=%s", key + 7, value) == -1)
+      err = "out of memory";
+    else if (!keep(p, arg))
+      return false;  /* keep() said why */
+    else {
+      args[s->nplugin_args++] = arg;
+      return true;
+    }
   } else if (strcmp(key, "file") == 0 || strcmp(key, "plugin") == 0) {
-    bool file = key[0] == 'f';
+    bool file = strcmp(key, "file") == 0;
     if (s->image)
       err = "file and plugin cannot both be given";
     else if (file && !(s->image = keep(p, resolve(p->path, value))))
