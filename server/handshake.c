@@ -319,6 +319,13 @@ opt_meta_context(struct conn *c, uint32_t opt, const uint8_t *p,
   uint32_t err;
   const char *why;
   struct export *e = lookup(c, mr.name, mr.name_len, &err, &why);
+  if (!e && err == NBD_REP_ERR_TLS_REQD) {
+    /* The spec keeps TLS_REQD for INFO and GO (SELECTIVETLS); elsewhere
+     * it would mean no option works before STARTTLS.  The export is
+     * hidden from this client: unknown. */
+    err = NBD_REP_ERR_UNKNOWN;
+    why = "unknown export name";
+  }
   if (!e) {
     send_error(c, opt, err, why);
     return;

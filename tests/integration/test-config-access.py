@@ -3,6 +3,7 @@
 #   tls = require (the server offering TLS, tls = on in [server]): a
 #   client that did not do STARTTLS does not see the export in LIST and
 #   gets NBD_REP_ERR_TLS_REQD for INFO and GO, a hang-up for EXPORT_NAME,
+#   NBD_REP_ERR_UNKNOWN for SET_META_CONTEXT,
 #   while the other exports serve it in plain text; over TLS (nbdinfo with
 #   nbds+unix://) it is listed and served.
 #   allow = NETWORKS: a TCP client outside them does not see the export in
@@ -77,6 +78,10 @@ with P.Conn.connect(srv.sock) as c:
     t.check(c.wait_closed(30), "plain text: EXPORT_NAME secure: hung up")
 with P.Conn.connect(srv.sock) as c:
     c.handshake()
+    c.option(P.OPT_STRUCTURED_REPLY)
+    rt, _ = c.set_meta_context("secure", ["base:allocation"])
+    t.eq(P.repname(rt), P.repname(P.REP_ERR_UNKNOWN),
+         "plain text: SET_META_CONTEXT on secure: unknown (TLS_REQD is for INFO/GO)")
     t.eq(c.go("open").size, 1 * M, "plain text: open is served")
 
 tls_uri = "nbds+unix:///%%s?socket=%s&tls-certificates=%s/client" % (srv.sock, pki)
