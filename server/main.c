@@ -111,6 +111,8 @@ main(int argc, char **argv)
   int activated = systemd_listen();
   if (activated == -1)
     exit(EXIT_FAILURE);
+  if (activated > 0 && o.listener_from_config)
+    o.socket_path = o.port = o.bind = NULL;  /* as -k/-p/-b would replace it */
   if (activated > 0 && (o.socket_path || o.port || o.bind || o.single)) {
     nbds_log_error("socket activation passed %d socket(s): -k, -p, -b and "
                    "--single do not apply", activated);

@@ -621,6 +621,15 @@ options_parse(int argc, char **argv, struct options *o)
   }
 
   if (o->config) {
+    o->listener_from_config = !cli_listener &&
+                              (o->socket_path || o->port || o->bind);
+    if (o->single) {
+      /* The one client on stdin is the listener and ends the server,
+       * whatever [server] says. */
+      o->persistent = false;
+      if (o->listener_from_config)
+        o->socket_path = o->port = o->bind = NULL;
+    }
     if (optind != argc)
       die("--config: no image argument (the configuration file names the "
           "exports)");

@@ -22,6 +22,7 @@ struct options {
   const char *socket_path;   /* -k */
   const char *port;          /* -p */
   const char *bind;          /* -b */
+  bool listener_from_config; /* socket/port/bind came from [server] */
   bool persistent;           /* -t */
   unsigned shared;           /* -e */
   enum aio_mode aio;

@@ -5,7 +5,7 @@
 #   plugin.KEY parameters, a block cache): nbdinfo --list shows each with
 #   its description, size and read-only flag, and data written reaches the
 #   right file.  The command line overrides [server] (its -k replaces
-#   [server]'s socket).
+#   [server]'s socket, and so do --single and socket activation).
 #   Bad files, one per kind of mistake: one line FILE:LINE: key 'KEY': ...,
 #   exit status 1, nothing listening.  An export whose image cannot be
 #   opened: one line naming it, exit 1.
@@ -114,6 +114,20 @@ h.pwrite(b"\x01" * 512, 0)
 t.same(h.pread(512, 0), b"\x01" * 512, "mem: the plugin serves reads and writes")
 h.shutdown()
 t.stop_server_ok(srv)
+
+# --single replaces [server]'s listener: one client on stdin, one export.
+h = nbd.NBD()
+h.set_export_name("mem")
+h.connect_command([NBDSTACK, "--config", good, "--single"])
+t.eq(h.get_size(), 4 * M, "--single with --config: the client gets its export")
+h.shutdown()
+# So does socket activation (libnbd passes a listening socket).
+h = nbd.NBD()
+h.set_export_name("raw")
+h.connect_systemd_socket_activation([NBDSTACK, "--config", good])
+t.eq(h.get_size(), 8 * M, "socket activation with --config: served")
+h.shutdown()
+t.check(not os.path.exists(unused_sock), "socket activation: [server]'s socket unused")
 
 # ---- examples/nbdstack.conf runs as its comment says ---------------------------
 example_dir = os.path.join(t.scratch, "example")
