@@ -24,10 +24,10 @@ static const char *
 set_seconds(const char **field, const char *value)
 {
   uint64_t v;
-  if (!parse_u64(value, &v) || v > 86400)
-    return value_error("'%s' is not a number of seconds (0 to 86400)", value);
-  *field = value;
-  return NULL;
+  const char *err = value_seconds(value, &v);
+  if (!err)
+    *field = value;
+  return err;
 }
 
 static const char *

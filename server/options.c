@@ -342,11 +342,10 @@ static const char *
 set_seconds(unsigned *field, const char *value)
 {
   uint64_t v;
-  if (!parse_u64(value, &v) || v > 86400)
-    return value_error("'%s' is not a number of seconds (0 to 86400)",
-                       value);
-  *field = v;
-  return NULL;
+  const char *err = value_seconds(value, &v);
+  if (!err)
+    *field = v;
+  return err;
 }
 
 const char *

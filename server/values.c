@@ -46,6 +46,15 @@ parse_bool(const char *s, bool *out)
 }
 
 const char *
+value_seconds(const char *value, uint64_t *secs)
+{
+  if (!parse_u64(value, secs) || *secs > 86400)
+    return value_error("'%s' is not a number of seconds (0 to 86400)",
+                       value);
+  return NULL;
+}
+
+const char *
 value_set_bool(bool *field, const char *value)
 {
   return parse_bool(value, field) ? NULL

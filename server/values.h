@@ -14,6 +14,8 @@
 bool parse_u64(const char *s, uint64_t *out);
 /* on/yes/true or off/no/false, as QEMU spells booleans. */
 bool parse_bool(const char *s, bool *out);
+/* A number of seconds, 0 to 86400: NULL, or what is wrong. */
+const char *value_seconds(const char *value, uint64_t *secs);
 /* parse_bool into *field: NULL, or what is wrong (value_error). */
 const char *value_set_bool(bool *field, const char *value);
 /* writeback, writethrough, none (or off), directsync, unsafe, auto: *mode
