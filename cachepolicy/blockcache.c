@@ -16,36 +16,12 @@
  * writes back every dirty block) covers all connections, and multi-conn
  * is whatever below says.  A dirty block is never dropped unwritten.
  */
-#include <ctype.h>
-#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "blockcache.h"
-
-static int
-parse_size(const char *s, uint64_t *out)
-{
-  if (!isdigit((unsigned char) *s))
-    return -1;
-  errno = 0;
-  char *end;
-  uint64_t v = strtoull(s, &end, 10);
-  if (errno)
-    return -1;
-  unsigned shift = 0;
-  switch (*end) {
-  case 'k': case 'K': shift = 10; end++; break;
-  case 'm': case 'M': shift = 20; end++; break;
-  case 'g': case 'G': shift = 30; end++; break;
-  }
-  if (*end || v > UINT64_MAX >> shift)
-    return -1;
-  *out = v << shift;
-  return 0;
-}
 
 /* A key whose value is one of two words; *first tells which. */
 static int
@@ -91,12 +67,12 @@ bc_open(struct nbds_layer *l, const struct nbds_kv *kv, size_t nkv)
     nbds_error("blockcache: size is required");
     return -1;
   }
-  if (parse_size(size_s, &size) == -1) {
+  if (nbds_parse_size(size_s, &size) == -1) {
     nbds_error("blockcache: invalid size '%s'", size_s);
     return -1;
   }
   const char *bs_s = nbds_kv_get(kv, nkv, "block");
-  if (bs_s && (parse_size(bs_s, &bs) == -1 || bs < 4096 ||
+  if (bs_s && (nbds_parse_size(bs_s, &bs) == -1 || bs < 4096 ||
                bs > 4 * 1024 * 1024 || (bs & (bs - 1)))) {
     nbds_error("blockcache: block must be a power of two from 4K to 4M, "
                "not '%s'", bs_s);

@@ -1,5 +1,7 @@
-/* The --allow list: networks in CIDR form, checked at accept, before the
- * first byte of the handshake.  An IPv4-mapped IPv6 address (::ffff:a.b.c.d)
+/* Lists of client networks in CIDR form: the server's (--allow), checked
+ * at accept before the first byte of the handshake, and an export's
+ * (`allow` in its configuration section), checked when a client asks for
+ * it.  An IPv4-mapped IPv6 address (::ffff:a.b.c.d)
  * is matched as the IPv4 address it carries. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -12,12 +14,30 @@
 
 #define ALLOW_MAX 64
 
-static struct network {
+struct network {
   int family;               /* AF_INET or AF_INET6 */
   uint8_t addr[16];         /* network byte order; 4 bytes for IPv4 */
   unsigned prefix;          /* bits that must match */
-} networks[ALLOW_MAX];
-static int nnetworks;
+};
+
+struct allow_list {
+  struct network networks[ALLOW_MAX];
+  int n;
+};
+
+static struct allow_list server_list;
+
+struct allow_list *
+allow_list_new(void)
+{
+  return calloc(1, sizeof (struct allow_list));
+}
+
+void
+allow_list_free(struct allow_list *l)
+{
+  free(l);
+}
 
 static bool
 parse_one(const char *s, struct network *n)
@@ -48,22 +68,36 @@ parse_one(const char *s, struct network *n)
 }
 
 bool
-allow_add(const char *list, const char **bad)
+allow_list_add(struct allow_list *l, const char *list, const char **bad)
 {
   static char entry[128];
   const char *p = list;
   for (;;) {
-    size_t len = strcspn(p, ",");
-    snprintf(entry, sizeof entry, "%.*s", (int) len, p);
-    if (nnetworks == ALLOW_MAX || !parse_one(entry, &networks[nnetworks])) {
+    size_t len = strcspn(p, ","), skip = strspn(p, " \t");
+    /* Spaces around an entry are allowed ("a, b" in a config file). */
+    size_t n = skip < len ? len - skip : 0;
+    while (n && (p[skip + n - 1] == ' ' || p[skip + n - 1] == '\t'))
+      n--;
+    snprintf(entry, sizeof entry, "%.*s", (int) n, p + skip);
+    if (l->n == ALLOW_MAX || !parse_one(entry, &l->networks[l->n])) {
       *bad = entry;
       return false;
     }
-    nnetworks++;
+    l->n++;
     if (p[len] == '\0')
       return true;
     p += len + 1;
   }
+}
+
+const char *
+allow_list_check(const char *list)
+{
+  struct allow_list *l = allow_list_new();
+  const char *bad = "";
+  bool ok = l && allow_list_add(l, list, &bad);
+  allow_list_free(l);
+  return ok ? NULL : bad;
 }
 
 static bool
@@ -79,11 +113,11 @@ prefix_matches(const uint8_t *a, const uint8_t *net, unsigned bits)
 }
 
 bool
-allow_permits(const struct sockaddr *sa)
+allow_list_permits(const struct allow_list *l, const struct sockaddr *sa)
 {
   int family;
   const uint8_t *addr;
-  if (nnetworks == 0)
+  if (l->n == 0)
     return true;
   if (sa->sa_family == AF_INET) {
     family = AF_INET;
@@ -99,9 +133,27 @@ allow_permits(const struct sockaddr *sa)
     }
   } else
     return true;  /* a Unix socket: the filesystem guards it */
-  for (int i = 0; i < nnetworks; i++)
-    if (networks[i].family == family &&
-        prefix_matches(addr, networks[i].addr, networks[i].prefix))
+  for (int i = 0; i < l->n; i++)
+    if (l->networks[i].family == family &&
+        prefix_matches(addr, l->networks[i].addr, l->networks[i].prefix))
       return true;
   return false;
+}
+
+bool
+allow_add(const char *list, const char **bad)
+{
+  return allow_list_add(&server_list, list, bad);
+}
+
+void
+allow_clear(void)
+{
+  server_list.n = 0;
+}
+
+bool
+allow_permits(const struct sockaddr *sa)
+{
+  return allow_list_permits(&server_list, sa);
 }

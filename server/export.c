@@ -3,11 +3,13 @@
  * cache mode's write cache setting, which must hold above any layer that
  * could keep a write (a block cache, a format's metadata cache), as QEMU
  * applies it in the BlockBackend above every node. */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <ev.h>
 
 #include "nbdstack/blockcache.h"
+#include "allow.h"
 #include "export.h"
 #include "log.h"
 #include "metrics.h"
@@ -17,28 +19,138 @@
 #include "zero.h"
 
 struct export *exports;
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static unsigned closing;     /* withdrawn exports being flushed (reactor 0) */
+
+void
+exports_lock(void)
+{
+  pthread_mutex_lock(&lock);
+}
+
+void
+exports_unlock(void)
+{
+  pthread_mutex_unlock(&lock);
+}
 
 void
 export_add(struct export *e)
 {
-  struct export **p = &exports;
   e->metrics = metrics_new(server_config.threads);
   if (!e->metrics)
     nbds_log_error("export '%s': no memory for its counters: serving it "
                    "without", e->name);
+  atomic_init(&e->refs, 1);  /* the list's */
+  e->next = NULL;
+  exports_lock();
+  e->offered = true;
+  struct export **p = &exports;
   while (*p)
     p = &(*p)->next;
-  e->next = NULL;
   *p = e;
+  exports_unlock();
 }
 
 struct export *
-export_find(const uint8_t *name, size_t len)
+export_get(const uint8_t *name, size_t len)
 {
-  for (struct export *e = exports; e; e = e->next)
-    if (strlen(e->name) == len && memcmp(e->name, name, len) == 0)
-      return e;
-  return NULL;
+  struct export *e;
+  exports_lock();
+  for (e = exports; e; e = e->next)
+    if (e->offered && strlen(e->name) == len &&
+        memcmp(e->name, name, len) == 0) {
+      atomic_fetch_add(&e->refs, 1);
+      break;
+    }
+  exports_unlock();
+  return e;
+}
+
+void
+export_free(struct export *e)
+{
+  if (e->top)
+    nbds_layer_close_stack(e->top);
+  metrics_free(e->metrics);
+  allow_list_free(e->allow);
+  free(e->name);
+  free(e->description);
+  free(e->section);
+  free(e);
+}
+
+static void
+close_withdrawn(void *arg)
+{
+  struct export *e = arg;
+  nbds_log_info("export '%s': closed (withdrawn, its last client gone)",
+                e->name);
+  export_free(e);
+  closing--;
+}
+
+static void
+closing_flushed(struct nbds_req *req, int err)
+{
+  struct export *e = req->opaque;
+  if (err)
+    nbds_log_error("export '%s': flush before closing failed: %s", e->name,
+                   strerror(err));
+  free(req);
+  /* Not from inside the stack's own completion: close it from the loop. */
+  nbds_reactor_post(server_main_reactor(), close_withdrawn, e);
+}
+
+/* On reactor 0: take withdrawn exports nobody holds off the list, flush
+ * them and close them.  Nothing can take a new reference to them: only
+ * offered exports are found. */
+static void
+reap(void *unused)
+{
+  (void) unused;
+  struct export *dead = NULL;
+  exports_lock();
+  for (struct export **p = &exports; *p;) {
+    struct export *e = *p;
+    if (!e->offered && atomic_load(&e->refs) == 0) {
+      *p = e->next;
+      e->next = dead;
+      dead = e;
+    } else
+      p = &e->next;
+  }
+  exports_unlock();
+  while (dead) {
+    struct export *e = dead;
+    dead = e->next;
+    struct nbds_req *req = calloc(1, sizeof *req);
+    closing++;
+    if (!req || e->readonly || !e->top->caps.can_flush) {
+      free(req);
+      close_withdrawn(e);
+      continue;
+    }
+    *req = (struct nbds_req) { .op = NBDS_OP_FLUSH, .done = closing_flushed,
+                               .opaque = e };
+    nbds_layer_submit(e->top, req);
+  }
+}
+
+void
+export_put(struct export *e)
+{
+  if (atomic_fetch_sub(&e->refs, 1) == 1)
+    nbds_reactor_post(server_main_reactor(), reap, NULL);
+}
+
+void
+export_withdraw(struct export *e)
+{
+  exports_lock();
+  e->offered = false;
+  exports_unlock();
+  export_put(e);
 }
 
 uint16_t
@@ -130,6 +242,11 @@ exports_flush_all(void)
 {
   bool ok = true;
   struct ev_loop *loop = nbds_reactor_loop(nbds_reactor_self());
+  /* Every client is gone: close the withdrawn exports now, so that no
+   * reap posted earlier unlinks one while the loop below walks the list. */
+  reap(NULL);
+  while (closing)
+    ev_run(loop, EVRUN_ONCE);
   for (struct export *e = exports; e; e = e->next) {
     if (e->readonly || !e->top->caps.can_flush)
       continue;
@@ -175,10 +292,6 @@ exports_close_all(void)
   while (exports) {
     struct export *e = exports;
     exports = e->next;
-    nbds_layer_close_stack(e->top);
-    metrics_free(e->metrics);
-    free(e->name);
-    free(e->description);
-    free(e);
+    export_free(e);
   }
 }

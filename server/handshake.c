@@ -4,7 +4,9 @@
  * answer, so the stream never loses sync. */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
+#include "allow.h"
 #include "connection.h"
 #include "export.h"
 #include "log.h"
@@ -104,18 +106,71 @@ static void
 enter_transmission(struct conn *c, struct export *e)
 {
   struct handshake *hs = &c->hs;
+  /* By name: a reload may have changed the export since SET_META_CONTEXT,
+   * so keep only what this one offers. */
   bool same = hs->meta_export && strcmp(hs->meta_export, e->name) == 0;
-  tx_start(c, e, hs->structured, same && hs->meta_base_allocation,
-           same && hs->meta_alloc_depth);
+  tx_start(c, e, hs->structured,
+           same && hs->meta_base_allocation && e->top->caps.can_extents,
+           same && hs->meta_alloc_depth && e->alloc_depth);
+}
+
+/* May this client see the export?  Per export (a configuration
+ * section's tls and allow): tls = require hides it from clients that did
+ * not do STARTTLS, allow from clients outside its networks. */
+static bool
+tls_ok(const struct conn *c, const struct export *e)
+{
+  return !e->tls_required || c->tls;
+}
+
+static bool
+peer_ok(const struct conn *c, const struct export *e)
+{
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  if (!e->allow)
+    return true;
+  if (getpeername(c->fd, (struct sockaddr *) &ss, &len) == -1)
+    return false;
+  return allow_list_permits(e->allow, (struct sockaddr *) &ss);
+}
+
+/* The export a client names, with a reference, if it may have it.  Else
+ * NULL and *err is the reply: NBD_REP_ERR_UNKNOWN for no such export,
+ * NBD_REP_ERR_TLS_REQD when it needs TLS first (the spec's SELECTIVETLS),
+ * NBD_REP_ERR_POLICY when this client is not allowed it. */
+static struct export *
+lookup(struct conn *c, const uint8_t *name, uint32_t len, uint32_t *err,
+       const char **why)
+{
+  struct export *e = export_get(name, len);
+  *err = NBD_REP_ERR_UNKNOWN;
+  *why = "unknown export name";
+  if (e && !tls_ok(c, e)) {
+    *err = NBD_REP_ERR_TLS_REQD;
+    *why = "this export requires TLS";
+  } else if (e && !peer_ok(c, e)) {
+    *err = NBD_REP_ERR_POLICY;
+    *why = "this export is not available to this client";
+  } else
+    return e;
+  if (e) {
+    nbds_log_debug("%s: export '%s' refused: %s", c->peer, e->name, *why);
+    export_put(e);
+  }
+  return NULL;
 }
 
 static void
 opt_export_name(struct conn *c, const uint8_t *p, uint32_t len)
 {
-  struct export *e = export_find(p, len);
+  uint32_t err;
+  const char *why;
+  struct export *e = lookup(c, p, len, &err, &why);
   if (!e) {
     /* EXPORT_NAME has no way to report an error but hanging up. */
-    nbds_log_debug("%s: unknown export '%.*s'", c->peer, (int) len, p);
+    nbds_log_debug("%s: EXPORT_NAME '%.*s': %s", c->peer, (int) len, p,
+                   why);
     conn_kill(c);
     return;
   }
@@ -144,9 +199,11 @@ opt_info_go(struct conn *c, uint32_t opt, const uint8_t *p, uint32_t len)
     send_error(c, opt, NBD_REP_ERR_INVALID, "malformed INFO/GO request");
     return;
   }
-  struct export *e = export_find(ir.name, ir.name_len);
+  uint32_t err;
+  const char *why;
+  struct export *e = lookup(c, ir.name, ir.name_len, &err, &why);
   if (!e) {
-    send_error(c, opt, NBD_REP_ERR_UNKNOWN, "unknown export name");
+    send_error(c, opt, err, why);
     return;
   }
   bool want_name = false;
@@ -172,7 +229,9 @@ opt_info_go(struct conn *c, uint32_t opt, const uint8_t *p, uint32_t len)
   send_info(c, opt, NBD_INFO_BLOCK_SIZE, info, 12);
   send_reply(c, opt, NBD_REP_ACK, NULL, 0);
   if (opt == NBD_OPT_GO)
-    enter_transmission(c, e);
+    enter_transmission(c, e);  /* the connection keeps the reference */
+  else
+    export_put(e);
 }
 
 static void
@@ -182,7 +241,10 @@ opt_list(struct conn *c, uint32_t len)
     send_error(c, NBD_OPT_LIST, NBD_REP_ERR_INVALID, "LIST takes no payload");
     return;
   }
+  exports_lock();
   for (struct export *e = exports; e; e = e->next) {
+    if (!e->offered || !tls_ok(c, e) || !peer_ok(c, e))
+      continue;
     uint8_t buf[4 + 2 * NBD_MAX_STRING];
     uint32_t nlen = strlen(e->name);
     uint32_t dlen = e->description ? strlen(e->description) : 0;
@@ -192,6 +254,7 @@ opt_list(struct conn *c, uint32_t len)
       memcpy(buf + 4 + nlen, e->description, dlen);
     send_reply(c, NBD_OPT_LIST, NBD_REP_SERVER, buf, 4 + nlen + dlen);
   }
+  exports_unlock();
   send_reply(c, NBD_OPT_LIST, NBD_REP_ACK, NULL, 0);
 }
 
@@ -253,9 +316,18 @@ opt_meta_context(struct conn *c, uint32_t opt, const uint8_t *p,
     send_error(c, opt, NBD_REP_ERR_INVALID, "malformed meta context request");
     return;
   }
-  struct export *e = export_find(mr.name, mr.name_len);
+  uint32_t err;
+  const char *why;
+  struct export *e = lookup(c, mr.name, mr.name_len, &err, &why);
+  if (!e && err == NBD_REP_ERR_TLS_REQD) {
+    /* The spec keeps TLS_REQD for INFO and GO (SELECTIVETLS); elsewhere
+     * it would mean no option works before STARTTLS.  The export is
+     * hidden from this client: unknown. */
+    err = NBD_REP_ERR_UNKNOWN;
+    why = "unknown export name";
+  }
   if (!e) {
-    send_error(c, opt, NBD_REP_ERR_UNKNOWN, "unknown export name");
+    send_error(c, opt, err, why);
     return;
   }
   if (list && mr.nqueries == 0)
@@ -273,10 +345,12 @@ opt_meta_context(struct conn *c, uint32_t opt, const uint8_t *p,
     hs->meta_alloc_depth = w.depth;
     hs->meta_export = strdup(e->name);
     if (!hs->meta_export) {
+      export_put(e);
       conn_kill(c);
       return;
     }
   }
+  export_put(e);
   send_reply(c, opt, NBD_REP_ACK, NULL, 0);
 }
 

@@ -1,5 +1,7 @@
 /* The layer contract's shared helpers: opening layers, computing caps
  * bottom-up, child requests, extents, key=value options, errors. */
+#include <ctype.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -23,6 +25,28 @@ const char *
 nbds_last_error(void)
 {
   return last_error[0] ? last_error : "unknown error";
+}
+
+int
+nbds_parse_size(const char *s, uint64_t *out)
+{
+  if (!isdigit((unsigned char) *s))
+    return -1;
+  errno = 0;
+  char *end;
+  uint64_t v = strtoull(s, &end, 10);
+  if (errno)
+    return -1;
+  unsigned shift = 0;
+  switch (*end) {
+  case 'k': case 'K': shift = 10; end++; break;
+  case 'm': case 'M': shift = 20; end++; break;
+  case 'g': case 'G': shift = 30; end++; break;
+  }
+  if (*end || v > UINT64_MAX >> shift)
+    return -1;
+  *out = v << shift;
+  return 0;
 }
 
 const char *

@@ -7,15 +7,18 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "cmdline-export.h"
+#include "allow.h"
+#include "config.h"
 #include "export.h"
 #include "listen.h"
 #include "log.h"
 #include "metrics.h"
 #include "options.h"
+#include "reload.h"
 #include "reactor.h"
 #include "server.h"
 #include "single.h"
+#include "stack.h"
 #include "systemd.h"
 #include "tls.h"
 
@@ -95,26 +98,6 @@ write_pid_file(const char *path)
   }
 }
 
-/* Without -f, refuse an image that is plainly another format rather than
- * exporting its metadata as data (qemu-nbd would probe it). */
-static void
-refuse_other_formats(const char *path)
-{
-  unsigned char magic[4];
-  if (cmdline_image_is_uri(path) || cmdline_image_is_rbd(path))
-    return;  /* an upstream NBD server or an RBD image: nothing to sniff */
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd == -1)
-    return;  /* the file layer reports the real error */
-  if (read(fd, magic, 4) == 4 && memcmp(magic, "QFI\xfb", 4) == 0) {
-    nbds_log_error("'%s' is a qcow2 image: pass -f qcow2 to serve it, or "
-                   "-f raw to export its bytes as they are (nbdstack never "
-                   "guesses a format)", path);
-    exit(EXIT_FAILURE);
-  }
-  close(fd);
-}
-
 int
 main(int argc, char **argv)
 {
@@ -128,6 +111,8 @@ main(int argc, char **argv)
   int activated = systemd_listen();
   if (activated == -1)
     exit(EXIT_FAILURE);
+  if (activated > 0 && o.listener_from_config)
+    o.socket_path = o.port = o.bind = NULL;  /* as -k/-p/-b would replace it */
   if (activated > 0 && (o.socket_path || o.port || o.bind || o.single)) {
     nbds_log_error("socket activation passed %d socket(s): -k, -p, -b and "
                    "--single do not apply", activated);
@@ -143,10 +128,12 @@ main(int argc, char **argv)
   if (o.fork)
     daemonize();  /* before any thread exists */
 
-  if (!o.format && !o.plugin)
-    refuse_other_formats(o.image);
   if (!tls_init(&o.tls))
     exit(EXIT_FAILURE);
+  for (unsigned i = 0; i < o.nallow; i++) {
+    const char *bad;
+    allow_add(o.allow[i], &bad);  /* options_set checked it */
+  }
 
   bool uring = o.aio != AIO_THREADS && reactor_uring_works();
   if (o.aio == AIO_IO_URING && !uring) {
@@ -167,7 +154,16 @@ main(int argc, char **argv)
     exit(EXIT_FAILURE);
   }
   workers_init(64);
-  export_add(cmdline_export_open(&o, uring));
+  if (o.cfg) {
+    if (!reload_open_all(o.cfg, uring))
+      exit(EXIT_FAILURE);
+    reload_start(o.config);
+  } else {
+    struct export *e = export_open(&o.ex, uring);
+    if (!e)
+      exit(EXIT_FAILURE);
+    export_add(e);
+  }
 
   if (!metrics_start(o.metrics, o.metrics_json))
     exit(EXIT_FAILURE);
@@ -182,5 +178,7 @@ main(int argc, char **argv)
   announce_ready();
   systemd_notify_ready();
 
-  return server_run() ? EXIT_SUCCESS : EXIT_FAILURE;
+  bool ok = server_run();
+  config_free(o.cfg);  /* the options pointed into it until now */
+  return ok ? EXIT_SUCCESS : EXIT_FAILURE;
 }

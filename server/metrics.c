@@ -121,7 +121,7 @@ struct layer_stat {
 };
 
 struct snapshot {
-  const char *name;
+  char name[NBD_MAX_STRING + 1];  /* a copy: a reload may free the export */
   uint64_t requests[MOP_COUNT], bytes[MOP_COUNT], errors[MOP_COUNT];
   uint64_t latency_ns[MOP_COUNT];
   uint64_t buckets[MOP_COUNT][METRICS_BUCKETS];  /* cumulative */
@@ -158,7 +158,7 @@ static void
 take_snapshot(struct export *e, struct snapshot *s)
 {
   memset(s, 0, sizeof *s);
-  s->name = e->name;
+  snprintf(s->name, sizeof s->name, "%s", e->name);
   uint64_t received = 0, released = 0, opened = 0, closed = 0;
   for (unsigned r = 0; e->metrics && r < e->metrics->nblocks; r++) {
     struct metrics_block *b = &e->metrics->blocks[r];
@@ -196,12 +196,18 @@ static struct snapshot *
 snapshot_all(size_t *n)
 {
   *n = 0;
+  /* A reload may change the list meanwhile.  Withdrawn exports are left
+   * out: a changed one's successor has the same name, and one series per
+   * name is what scrapers expect. */
+  exports_lock();
   for (struct export *e = exports; e; e = e->next)
-    (*n)++;
+    *n += e->offered;
   struct snapshot *s = *n ? malloc(*n * sizeof *s) : NULL;
   size_t i = 0;
   for (struct export *e = exports; s && e; e = e->next)
-    take_snapshot(e, &s[i++]);
+    if (e->offered)
+      take_snapshot(e, &s[i++]);
+  exports_unlock();
   return s;
 }
 

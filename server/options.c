@@ -1,15 +1,15 @@
 /* Command-line parsing, qemu-nbd compatible. */
-#include <errno.h>
 #include <getopt.h>
-#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "allow.h"
+#include "config.h"
 #include "options.h"
 #include "protocol.h"
+#include "values.h"
 
 enum {
   OPT_AIO = 256,
@@ -42,6 +42,7 @@ enum {
   OPT_IDLE_TIMEOUT,
   OPT_ALLOW,
   OPT_RBD_TIMEOUT,
+  OPT_CONFIG,
   OPT_INJECT_ERROR,
 };
 
@@ -98,6 +99,7 @@ static const struct option long_opts[] = {
   { "handshake-limit", required_argument, NULL, OPT_HANDSHAKE_TIMEOUT },
   { "idle-timeout", required_argument, NULL, OPT_IDLE_TIMEOUT },
   { "allow", required_argument, NULL, OPT_ALLOW },
+  { "config", required_argument, NULL, OPT_CONFIG },
   { "inject-error", required_argument, NULL, OPT_INJECT_ERROR },
   { NULL, 0, NULL, 0 },
 };
@@ -108,6 +110,7 @@ usage(void)
   printf(
 "Usage: nbdstack [OPTIONS] FILE\n"
 "       nbdstack [OPTIONS] --plugin PLUGIN [KEY=VALUE ...]\n"
+"       nbdstack [OPTIONS] --config FILE\n"
 "Export a disk image over NBD (a drop-in for qemu-nbd).  FILE may also be\n"
 "an NBD URI (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH;\n"
 "TLS: nbds://, nbds+unix:// with tls-certificates=DIR or tls-psk-file=FILE,\n"
@@ -117,6 +120,11 @@ usage(void)
 "\n"
 "  -h, --help                display this help and exit\n"
 "  -V, --version             output version information and exit\n"
+"      --config=FILE         serve the exports FILE's sections describe (an\n"
+"                            INI file; nbdstack(8), CONFIGURATION FILE); no\n"
+"                            image argument nor image options then; the\n"
+"                            command line overrides its [server] section;\n"
+"                            SIGHUP reads it again\n"
 "\n"
 "Connection properties:\n"
 "  -p, --port=PORT           TCP port to listen on (default 10809)\n"
@@ -238,20 +246,6 @@ die(const char *fmt, ...)
   exit(EXIT_FAILURE);
 }
 
-static bool
-parse_u64(const char *s, uint64_t *out)
-{
-  char *end;
-  errno = 0;
-  if (!*s || *s == '-')
-    return false;
-  unsigned long long v = strtoull(s, &end, 0);
-  if (errno || *end)
-    return false;
-  *out = v;
-  return true;
-}
-
 /* A qemu --object: "TYPE,key=value,..." (",," is a literal comma).  The
  * options point into them for the life of the process. */
 #define OBJECT_MAX_PROPS 8
@@ -311,11 +305,10 @@ object_prop(const struct object *obj, const char *key)
 static bool
 parse_qemu_bool(const char *opt, const char *s)
 {
-  if (!strcmp(s, "on") || !strcmp(s, "yes") || !strcmp(s, "true"))
-    return true;
-  if (!strcmp(s, "off") || !strcmp(s, "no") || !strcmp(s, "false"))
-    return false;
-  die("%s: expected on or off, not '%s'", opt, s);
+  bool b;
+  if (!parse_bool(s, &b))
+    die("%s: expected on or off, not '%s'", opt, s);
+  return b;
 }
 
 /* --tls-creds ID: the --object named ID, with qemu-nbd's rules. */
@@ -359,21 +352,185 @@ use_tls_creds(struct options *o, const char *id)
   }
 }
 
-void
-options_parse(int argc, char **argv, struct options *o)
+static const char *
+set_seconds(unsigned *field, const char *value)
+{
+  uint64_t v;
+  const char *err = value_seconds(value, &v);
+  if (!err)
+    *field = v;
+  return err;
+}
+
+const char *
+options_set(struct options *o, const char *key, const char *value)
+{
+  uint64_t v;
+  if (strcmp(key, "socket") == 0) {
+    if (value[0] != '/')
+      return value_error("socket path must be absolute: '%s'", value);
+    o->socket_path = value;
+  } else if (strcmp(key, "port") == 0) {
+    if (!parse_u64(value, &v) || v < 1 || v > 65535)
+      return value_error("invalid port '%s'", value);
+    o->port = value;
+  } else if (strcmp(key, "bind") == 0)
+    o->bind = value;
+  else if (strcmp(key, "shared") == 0) {
+    if (!parse_u64(value, &v) || v > 65535)
+      return value_error("invalid shared client count '%s'", value);
+    o->shared = v;
+  } else if (strcmp(key, "persistent") == 0)
+    return value_set_bool(&o->persistent, value);
+  else if (strcmp(key, "threads") == 0) {
+    if (!parse_u64(value, &v) || v < 1 || v > 1024)
+      return value_error("invalid thread count '%s'", value);
+    o->threads = v;
+  } else if (strcmp(key, "aio") == 0) {
+    if (strcmp(value, "io_uring") == 0)
+      o->aio = AIO_IO_URING;
+    else if (strcmp(value, "threads") == 0)
+      o->aio = AIO_THREADS;
+    else if (strcmp(value, "native") == 0)
+      return "native (Linux AIO) is not supported: use io_uring, which "
+             "does the same job without needing O_DIRECT";
+    else
+      return value_error("invalid aio mode '%s' (io_uring, threads)", value);
+  } else if (strcmp(key, "log") == 0) {
+    if (strcmp(value, "syslog") && strcmp(value, "stderr"))
+      return value_error("invalid log destination '%s' (stderr, syslog)",
+                         value);
+    o->log_syslog = strcmp(value, "syslog") == 0;
+  } else if (strcmp(key, "metrics") == 0) {
+    if (!*value)
+      return "needs HOST:PORT, :PORT or a socket path";
+    o->metrics = value;
+  } else if (strcmp(key, "metrics-json") == 0) {
+    if (!*value)
+      return "needs a file name";
+    o->metrics_json = value;
+  } else if (strcmp(key, "tls") == 0) {
+    if (!parse_tls_mode(value, &o->tls.mode))
+      return value_error("invalid tls mode '%s' (off, on, require)", value);
+    o->tls_mode_set = true;
+  } else if (strcmp(key, "tls-certificates") == 0)
+    o->tls.x509_dir = value;
+  else if (strcmp(key, "tls-psk") == 0)
+    o->tls.psk_file = value;
+  else if (strcmp(key, "tls-verify-peer") == 0)
+    return value_set_bool(&o->tls.verify_peer, value);
+  else if (strcmp(key, "handshake-timeout") == 0 ||
+           strcmp(key, "handshake-limit") == 0)
+    return set_seconds(&o->handshake_timeout, value);
+  else if (strcmp(key, "idle-timeout") == 0)
+    return set_seconds(&o->idle_timeout, value);
+  else if (strcmp(key, "allow") == 0) {
+    const char *bad = allow_list_check(value);
+    if (bad)
+      return value_error("invalid address or network '%s' (ADDR[/PREFIX])",
+                         bad);
+    if (o->nallow == OPTIONS_MAX_ALLOW)
+      return "too many allow lists (join them with commas)";
+    o->allow[o->nallow++] = value;
+  } else
+    return "unknown key";
+  return NULL;
+}
+
+/* The long name of option c (short options have one too). */
+static const char *
+long_name(int c)
+{
+  for (const struct option *lo = long_opts; lo->name; lo++)
+    if (lo->val == c)
+      return lo->name;
+  return "?";
+}
+
+/* --config, found before the other options so that they override its
+ * [server] section whatever their order. */
+static const char *
+find_config(int argc, char **argv)
+{
+  const char *path = NULL;
+  int c;
+  opterr = 0;
+  while ((c = getopt_long(argc, argv, short_opts, long_opts, NULL)) != -1)
+    if (c == OPT_CONFIG)
+      path = optarg;
+  optind = 0;  /* glibc: start again from scratch */
+  return path;
+}
+
+static void
+defaults(struct options *o)
 {
   memset(o, 0, sizeof *o);
   o->shared = 1;
   o->handshake_timeout = 10;  /* as qemu-nbd since CVE-2024-7409 */
-  o->export_name = "";
-  bool have_cache = false;
-  int c;
-  uint64_t v;
-  bool have_tls_mode = false;
+  o->ex.name = "";
+}
+
+/* The one image the command line names, and its settings' rules. */
+static void
+image_argument(int argc, char **argv, struct options *o)
+{
+  if (o->ex.plugin) {
+    /* As on nbdkit's command line: the plugin's parameters. */
+    o->ex.plugin_args = (const char *const *) argv + optind;
+    o->ex.nplugin_args = argc - optind;
+    o->ex.image = o->ex.plugin;
+  } else if (optind != argc - 1)
+    die("expected exactly one image file (try --help)");
+  else
+    o->ex.image = argv[optind];
+  const char *key;
+  const char *err = export_settings_check(&o->ex, &key);
+  if (err)
+    die("--%s: %s", key, err);
+}
+
+static void
+check_tls(struct options *o, const char *tls_creds)
+{
+  if (tls_creds) {
+    if (o->tls_mode_set || o->tls.x509_dir || o->tls.psk_file ||
+        o->tls.verify_peer)
+      die("--tls-creds cannot be combined with the --tls* options");
+    use_tls_creds(o, tls_creds);
+  } else if (!o->tls_mode_set && (o->tls.x509_dir || o->tls.psk_file))
+    o->tls.mode = TLS_ON;  /* credentials given: offer TLS */
+  if (o->tls.mode != TLS_OFF && !o->tls.x509_dir && !o->tls.psk_file)
+    die("--tls=%s needs --tls-certificates=DIR or --tls-psk=FILE",
+        o->tls.mode == TLS_ON ? "on" : "require");
+  if (o->tls.x509_dir && o->tls.psk_file)
+    die("--tls-certificates and --tls-psk cannot be combined");
+  if (o->tls.verify_peer && !o->tls.x509_dir)
+    die("--tls-verify-peer needs --tls-certificates");
+}
+
+void
+options_parse(int argc, char **argv, struct options *o)
+{
+  defaults(o);
+  bool have_cache = false, have_aio = false;
+  bool cli_listener = false, cli_allow = false;
+  const char *export_opt = NULL;  /* an image option given, for --config */
   const char *tls_creds = NULL;
+  const char *err;
+  int c;
+
+  o->config = find_config(argc, argv);
+  if (o->config) {
+    o->cfg = config_load(o->config);
+    if (!o->cfg)
+      exit(EXIT_FAILURE);
+    config_apply_server(o->cfg, o);
+  }
 
   opterr = 0;
   while ((c = getopt_long(argc, argv, short_opts, long_opts, NULL)) != -1) {
+    const char *name = long_name(c);
     switch (c) {
     case 'h':
       usage();
@@ -381,118 +538,56 @@ options_parse(int argc, char **argv, struct options *o)
     case 'V':
       printf("nbdstack %s\n", NBDS_VERSION);
       exit(EXIT_SUCCESS);
-    case 'f':
-      o->format = optarg;
-      break;
-    case 'l':
-      o->snapshot_name = optarg;
-      o->readonly = true;  /* as qemu-nbd: a snapshot is served read-only */
-      break;
-    case 's':
-      o->temp_overlay = true;
-      break;
-    case 'A':
-      o->allocation_depth = true;
-      break;
-    case OPT_L2_CACHE_SIZE:
-      o->l2_cache_size = optarg;
-      break;
-    case OPT_RBD_TIMEOUT:
-      if (!parse_u64(optarg, &v) || v > 86400)
-        die("invalid --rbd-timeout '%s' (seconds, 0 to 86400)", optarg);
-      o->rbd_timeout = optarg;
-      break;
-    case OPT_BITMAPS:
-      if (strcmp(optarg, "in-use") != 0)
-        die("--bitmaps: the only value is in-use, not '%s'", optarg);
-      o->bitmaps_in_use = true;
-      break;
-    case 'k':
-      if (optarg[0] != '/')
-        die("socket path must be absolute: '%s'", optarg);
-      o->socket_path = optarg;
-      break;
-    case 'p':
-      if (!parse_u64(optarg, &v) || v < 1 || v > 65535)
-        die("invalid port '%s'", optarg);
-      o->port = optarg;
-      break;
-    case 'b':
-      o->bind = optarg;
-      break;
+    case OPT_CONFIG:
+      break;  /* read first */
     case 'x':
       if (strlen(optarg) > NBD_MAX_STRING)
         die("export name is longer than %d bytes", NBD_MAX_STRING);
-      o->export_name = optarg;
-      break;
-    case 'D':
-      if (strlen(optarg) > NBD_MAX_STRING)
-        die("description is longer than %d bytes", NBD_MAX_STRING);
-      o->description = optarg;
+      o->ex.name = optarg;
+      export_opt = name;
       break;
     case 'r':
-      o->readonly = true;
+      o->ex.readonly = true;
+      export_opt = name;
       break;
-    case 't':
-      o->persistent = true;
+    case 's':
+      o->ex.temp_overlay = true;
+      export_opt = name;
       break;
-    case 'e':
-      if (!parse_u64(optarg, &v) || v > 65535)
-        die("invalid shared client count '%s'", optarg);
-      o->shared = v;
+    case 'A':
+      o->ex.allocation_depth = true;
+      export_opt = name;
       break;
-    case 'o':
-      if (!parse_u64(optarg, &v) || v > INT64_MAX)
-        die("invalid offset '%s'", optarg);
-      o->offset = v;
+    case OPT_PLUGIN:
+      o->ex.plugin = optarg;
+      export_opt = name;
+      break;
+    case OPT_INJECT_ERROR:
+      if (o->ex.ninject_errors == (int) (sizeof o->ex.inject_errors /
+                                         sizeof o->ex.inject_errors[0]))
+        die("--inject-error: at most %zu rules",
+            sizeof o->ex.inject_errors / sizeof o->ex.inject_errors[0]);
+      o->ex.inject_errors[o->ex.ninject_errors++] = optarg;
+      export_opt = name;
       break;
     case 'n':
     case OPT_CACHE:
       if (have_cache)
         die("-n and --cache can only be given once");
       have_cache = true;
-      o->cache = c == 'n' ? "none" : optarg;
-      if (strcmp(o->cache, "off") == 0)
-        o->cache = "none";  /* qemu's alias */
-      if (strcmp(o->cache, "writeback") && strcmp(o->cache, "writethrough") &&
-          strcmp(o->cache, "none") && strcmp(o->cache, "directsync") &&
-          strcmp(o->cache, "unsafe") && strcmp(o->cache, "auto"))
-        die("invalid cache mode '%s' (writeback, writethrough, none, "
-            "directsync, unsafe, auto)", o->cache);
+      if ((err = export_settings_set(&o->ex, "cache",
+                                     c == 'n' ? "none" : optarg)))
+        die("--cache: %s", err);
+      export_opt = name;
+      break;
+    case 't':
+      o->persistent = true;
+      break;
+    case OPT_TLS_VERIFY_PEER:
+      o->tls.verify_peer = true;
       break;
     case 'v':
       o->verbose = true;
-      break;
-    case OPT_AIO:
-      if (o->aio != AIO_DEFAULT)
-        die("--aio can only be given once");
-      if (strcmp(optarg, "io_uring") == 0)
-        o->aio = AIO_IO_URING;
-      else if (strcmp(optarg, "threads") == 0)
-        o->aio = AIO_THREADS;
-      else if (strcmp(optarg, "native") == 0)
-        die("--aio=native (Linux AIO) is not supported: use io_uring, "
-            "which does the same job without needing O_DIRECT");
-      else
-        die("invalid aio mode '%s' (io_uring, threads)", optarg);
-      break;
-    case OPT_DISCARD:
-      if (strcmp(optarg, "ignore") == 0 || strcmp(optarg, "off") == 0)
-        o->discard = DISCARD_IGNORE;
-      else if (strcmp(optarg, "unmap") == 0 || strcmp(optarg, "on") == 0)
-        o->discard = DISCARD_UNMAP;
-      else
-        die("invalid discard mode '%s' (ignore, unmap)", optarg);
-      break;
-    case OPT_DETECT_ZEROES:
-      if (strcmp(optarg, "off") == 0)
-        o->detect_zeroes = DETECT_ZEROES_OFF;
-      else if (strcmp(optarg, "on") == 0)
-        o->detect_zeroes = DETECT_ZEROES_ON;
-      else if (strcmp(optarg, "unmap") == 0)
-        o->detect_zeroes = DETECT_ZEROES_UNMAP;
-      else
-        die("invalid detect-zeroes mode '%s' (off, on, unmap)", optarg);
       break;
     case OPT_FORK:
       o->fork = true;
@@ -502,72 +597,6 @@ options_parse(int argc, char **argv, struct options *o)
       break;
     case OPT_SINGLE:
       o->single = true;
-      break;
-    case OPT_LOG:
-      if (strcmp(optarg, "syslog") == 0)
-        o->log_syslog = true;
-      else if (strcmp(optarg, "stderr") == 0)
-        o->log_syslog = false;
-      else
-        die("invalid log destination '%s' (stderr, syslog)", optarg);
-      break;
-    case OPT_THREADS:
-      if (!parse_u64(optarg, &v) || v < 1 || v > 1024)
-        die("invalid thread count '%s'", optarg);
-      o->threads = v;
-      break;
-    case OPT_METRICS:
-      if (!*optarg)
-        die("--metrics needs HOST:PORT, :PORT or a socket path");
-      o->metrics = optarg;
-      break;
-    case OPT_METRICS_JSON:
-      if (!*optarg)
-        die("--metrics-json needs a file name");
-      o->metrics_json = optarg;
-      break;
-    case OPT_PLUGIN:
-      o->plugin = optarg;
-      break;
-    case OPT_UPSTREAM_TIMEOUT:
-      if (!parse_u64(optarg, &v) || v > 86400)
-        die("invalid upstream timeout '%s' (seconds, 0..86400)", optarg);
-      o->upstream_timeout = optarg;
-      break;
-    case OPT_BLOCK_CACHE:
-      o->block_cache = optarg;
-      break;
-    case OPT_BLOCK_CACHE_BLOCK:
-      o->block_cache_block = optarg;
-      break;
-    case OPT_BLOCK_CACHE_READ_MISS:
-      o->block_cache_read_miss = optarg;
-      break;
-    case OPT_BLOCK_CACHE_WRITE_HIT:
-      o->block_cache_write_hit = optarg;
-      break;
-    case OPT_BLOCK_CACHE_WRITE_MISS:
-      o->block_cache_write_miss = optarg;
-      break;
-    case OPT_TLS:
-      if (strcmp(optarg, "off") == 0)
-        o->tls.mode = TLS_OFF;
-      else if (strcmp(optarg, "on") == 0)
-        o->tls.mode = TLS_ON;
-      else if (strcmp(optarg, "require") == 0)
-        o->tls.mode = TLS_REQUIRE;
-      else
-        die("invalid --tls mode '%s' (off, on, require)", optarg);
-      have_tls_mode = true;
-      break;
-    case OPT_TLS_CERTIFICATES:
-      o->tls.x509_dir = optarg;
-      break;
-    case OPT_TLS_PSK:
-      o->tls.psk_file = optarg;
-      break;
-    case OPT_TLS_VERIFY_PEER:
-      o->tls.verify_peer = true;
       break;
     case OPT_OBJECT:
       if (nobjs == (int) (sizeof objs / sizeof objs[0]))
@@ -582,84 +611,59 @@ options_parse(int argc, char **argv, struct options *o)
     case OPT_TLS_CREDS:
       tls_creds = optarg;
       break;
-    case OPT_HANDSHAKE_TIMEOUT:
-    case OPT_IDLE_TIMEOUT:
-      if (!parse_u64(optarg, &v) || v > 86400)
-        die("invalid %s '%s' (seconds, 0..86400)",
-            c == OPT_IDLE_TIMEOUT ? "idle timeout" : "handshake timeout",
-            optarg);
-      if (c == OPT_IDLE_TIMEOUT)
-        o->idle_timeout = v;
-      else
-        o->handshake_timeout = v;
-      break;
-    case OPT_ALLOW: {
-      const char *bad;
-      if (!allow_add(optarg, &bad))
-        die("--allow: invalid address or network '%s' (ADDR[/PREFIX])", bad);
-      break;
-    }
-    case OPT_INJECT_ERROR:
-      if (o->ninject_errors ==
-          (int) (sizeof o->inject_errors / sizeof o->inject_errors[0]))
-        die("--inject-error: at most %zu rules",
-            sizeof o->inject_errors / sizeof o->inject_errors[0]);
-      o->inject_errors[o->ninject_errors++] = optarg;
-      break;
     case '?':
       if (optopt)
         die("option '-%c' %s (try --help)", optopt,
             strchr(short_opts, optopt) ? "needs an argument" : "is unknown");
       die("unknown or incomplete option '%s' (try --help)", argv[optind - 1]);
     default:
-      die("unexpected option (try --help)");
+      if (c == OPT_AIO && have_aio)
+        die("--aio can only be given once");
+      have_aio |= c == OPT_AIO;
+      /* The command line's listeners and --allow replace [server]'s. */
+      if ((c == 'k' || c == 'p' || c == 'b') && !cli_listener) {
+        cli_listener = true;
+        o->socket_path = o->port = o->bind = NULL;
+      }
+      if (c == OPT_ALLOW && !cli_allow) {
+        cli_allow = true;
+        o->nallow = 0;
+      }
+      /* Server options first: --tls and --allow are the server's here. */
+      err = options_set(o, name, optarg);
+      if (err && strcmp(err, "unknown key") == 0) {
+        err = export_settings_set(&o->ex, name, optarg);
+        export_opt = name;
+      }
+      if (err)
+        die("--%s: %s", name, err);
+      break;
     }
   }
 
-  if (o->plugin) {
-    /* As on nbdkit's command line: the plugin's parameters. */
-    o->plugin_args = (const char *const *) argv + optind;
-    o->nplugin_args = argc - optind;
-    o->image = o->plugin;
-  } else if (optind != argc - 1)
-    die("expected exactly one image file (try --help)");
-  else
-    o->image = argv[optind];
-  if (o->format && strcmp(o->format, "raw") != 0 &&
-      strcmp(o->format, "qcow2") != 0)
-    die("unknown image format '%s' (supported: raw, qcow2)", o->format);
-  bool qcow2 = o->format && strcmp(o->format, "qcow2") == 0;
-  if (qcow2 && o->offset)
-    die("-o applies to raw images only");
-  if (qcow2 && o->plugin)
-    die("-f qcow2 over an nbdkit plugin is not supported");
-  if (!qcow2 && (o->snapshot_name || o->l2_cache_size || o->bitmaps_in_use))
-    die("-l, --l2-cache-size and --bitmaps need -f qcow2");
-  if (o->rbd_timeout && strncmp(o->image, "rbd:", 4) != 0)
-    die("--rbd-timeout applies to rbd: images only");
-  if (o->detect_zeroes == DETECT_ZEROES_UNMAP && o->discard != DISCARD_UNMAP)
-    die("--detect-zeroes=unmap needs --discard=unmap");
+  if (o->config) {
+    o->listener_from_config = !cli_listener &&
+                              (o->socket_path || o->port || o->bind);
+    if (o->single) {
+      /* The one client on stdin is the listener and ends the server,
+       * whatever [server] says. */
+      o->persistent = false;
+      if (o->listener_from_config)
+        o->socket_path = o->port = o->bind = NULL;
+    }
+    if (optind != argc)
+      die("--config: no image argument (the configuration file names the "
+          "exports)");
+    if (export_opt)
+      die("--config: --%s is an image option: set it in the export's "
+          "section of the configuration file", export_opt);
+  } else
+    image_argument(argc, argv, o);
   if (o->socket_path && (o->port || o->bind))
     die("-k cannot be combined with -p or -b");
   if (o->single && (o->socket_path || o->port || o->bind || o->fork ||
                     o->persistent))
     die("--single serves the client on stdin/stdout: it cannot be combined "
         "with -k, -p, -b, -t or --fork");
-  if (tls_creds) {
-    if (have_tls_mode || o->tls.x509_dir || o->tls.psk_file ||
-        o->tls.verify_peer)
-      die("--tls-creds cannot be combined with the --tls* options");
-    use_tls_creds(o, tls_creds);
-  } else if (!have_tls_mode && (o->tls.x509_dir || o->tls.psk_file))
-    o->tls.mode = TLS_ON;  /* credentials given: offer TLS */
-  if (o->tls.mode != TLS_OFF && !o->tls.x509_dir && !o->tls.psk_file)
-    die("--tls=%s needs --tls-certificates=DIR or --tls-psk=FILE",
-        o->tls.mode == TLS_ON ? "on" : "require");
-  if (o->tls.x509_dir && o->tls.psk_file)
-    die("--tls-certificates and --tls-psk cannot be combined");
-  if (o->tls.verify_peer && !o->tls.x509_dir)
-    die("--tls-verify-peer needs --tls-certificates");
-  if (!o->block_cache && (o->block_cache_block || o->block_cache_read_miss ||
-                          o->block_cache_write_hit || o->block_cache_write_miss))
-    die("the --block-cache-* options need --block-cache=SIZE");
+  check_tls(o, tls_creds);
 }

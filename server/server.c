@@ -33,6 +33,12 @@ server_stopping(void)
   return stopping;
 }
 
+struct nbds_reactor *
+server_main_reactor(void)
+{
+  return reactors[0];
+}
+
 static struct ev_loop *
 main_loop(void)
 {

@@ -26,6 +26,10 @@ void server_client_gone(bool negotiated);
 /* True once shutdown has begun: new clients are refused. */
 bool server_stopping(void);
 
+/* Reactor 0: the main thread, owner of the listeners, the signals and
+ * the export list's changes. */
+struct nbds_reactor *server_main_reactor(void);
+
 /* Create the reactors (server_config.threads of them). */
 bool server_init(bool want_uring);
 /* Serve until stopped, then flush and close every export.  Returns false

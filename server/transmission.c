@@ -633,6 +633,8 @@ tx_cleanup(struct conn *c)
   struct tx *tx = &c->tx;
   if (tx->metrics)
     metrics_add(&tx->metrics->conns_closed, 1);
+  if (tx->exp)
+    export_put(tx->exp);  /* the reference GO or EXPORT_NAME took */
   while (tx->free_reqs) {
     struct treq *t = tx->free_reqs;
     tx->free_reqs = t->next_free;

@@ -221,6 +221,9 @@ const char *nbds_kv_get(const struct nbds_kv *kv, size_t nkv,
 /* Every key must be in `known` (NULL-terminated), else an error names it. */
 int nbds_kv_check(const char *layer, const struct nbds_kv *kv, size_t nkv,
                   const char *const *known);
+/* A size: decimal digits with an optional K, M or G suffix (powers of
+ * 1024).  0, or -1 when malformed or too large. */
+int nbds_parse_size(const char *s, uint64_t *out);
 
 /* A one-line error message for the current thread. */
 void nbds_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

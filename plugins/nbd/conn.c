@@ -239,6 +239,7 @@ connect_work_done(struct nbds_work *w)
 {
   struct connect_work *cw = (struct connect_work *) w;
   struct nbd_conn *c = cw->c;
+  nbd_upstream_put(cw->u);
   if (!c) {
     if (cw->h)
       nbd_close(cw->h);
@@ -269,6 +270,7 @@ start_connect(struct nbd_conn *c)
   cw->w.fn = connect_work_fn;
   cw->w.done = connect_work_done;
   cw->u = c->u;
+  atomic_fetch_add(&cw->u->refs, 1);  /* the worker reads it */
   cw->c = c;
   c->connecting = cw;
   nbds_work_submit(&cw->w);
@@ -483,6 +485,7 @@ conn_new(struct nbd_upstream *u, struct nbds_reactor *r)
   if (!c)
     return NULL;
   c->u = u;
+  atomic_fetch_add(&u->refs, 1);
   c->r = r;
   c->loop = nbds_reactor_loop(r);
   c->done_tail = &c->done_head;
@@ -536,24 +539,37 @@ nbd_conn_get(struct nbd_upstream *u)
   return c;
 }
 
+/* On c's reactor. */
+static void
+conn_teardown(void *arg)
+{
+  struct nbd_conn *c = arg;
+  if (c->io_events)
+    ev_io_stop(c->loop, &c->io);
+  ev_timer_stop(c->loop, &c->timer);
+  if (c->h)
+    nbd_close(c->h);
+  /* Its completion still runs, and sees the conn gone. */
+  if (c->connecting)
+    c->connecting->c = NULL;
+  if (tls_c == c) {
+    tls_u = NULL;
+    tls_c = NULL;
+  }
+  nbd_upstream_put(c->u);
+  free(c);
+}
+
 void
 nbd_conns_close(struct nbd_upstream *u)
 {
+  struct nbds_reactor *self = nbds_reactor_self();
   struct nbd_conn *c;
   while ((c = u->conns)) {
     u->conns = c->next;
-    if (c->io_events)
-      ev_io_stop(c->loop, &c->io);
-    ev_timer_stop(c->loop, &c->timer);
-    if (c->h)
-      nbd_close(c->h);
-    /* Its completion still runs when the reactor is destroyed. */
-    if (c->connecting)
-      c->connecting->c = NULL;
-    if (tls_c == c) {
-      tls_u = NULL;
-      tls_c = NULL;
-    }
-    free(c);
+    if (c->r == self)
+      conn_teardown(c);
+    else
+      nbds_reactor_post(c->r, conn_teardown, c);
   }
 }

@@ -165,6 +165,7 @@ nbd_open(struct nbds_layer *l, const struct nbds_kv *kv, size_t nkv)
     return -1;
   }
   pthread_mutex_init(&u->lock, NULL);
+  atomic_init(&u->refs, 1);
   u->home = self;
   u->rmw_tail = &u->rmw_head;
   u->timeout = timeout;
@@ -200,14 +201,22 @@ fail:
   return -1;
 }
 
+void
+nbd_upstream_put(struct nbd_upstream *u)
+{
+  if (atomic_fetch_sub(&u->refs, 1) != 1)
+    return;
+  pthread_mutex_destroy(&u->lock);
+  free(u->uri);
+  free(u);
+}
+
 static void
 nbd_layer_close(struct nbds_layer *l)
 {
   struct nbd_upstream *u = l->priv;
   nbd_conns_close(u);
-  pthread_mutex_destroy(&u->lock);
-  free(u->uri);
-  free(u);
+  nbd_upstream_put(u);
 }
 
 static uint64_t

@@ -4,6 +4,7 @@
 #define NBDS_PLUGIN_NBD_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <ev.h>
@@ -32,6 +33,10 @@ struct nbd_upstream {
   struct nbd_conn *conns;
   bool rmw_busy;            /* a read-modify-write is running (align.c) */
   struct nbd_job *rmw_head, **rmw_tail;  /* waiting for it */
+  /* The layer's, one per conn and one per connect on a worker: a layer
+   * closed while the server runs (a reload) has conns on other reactors,
+   * torn down there later (nbd_conns_close). */
+  atomic_uint refs;
 };
 
 /* A piece of a request: one libnbd command. */
@@ -105,8 +110,11 @@ struct nbd_conn *nbd_conn_adopt(struct nbd_upstream *u, struct nbds_reactor *r,
 void nbd_conn_issue(struct nbd_conn *c, struct nbd_op *op);
 /* A new handle, before connecting; NULL with libnbd's error set. */
 struct nbd_handle *nbd_handle_new(const struct nbd_upstream *u, bool extents);
-/* Close every connection (all reactors have stopped). */
+/* Close every connection: at once on the calling reactor, through its
+ * reactor's mailbox elsewhere (its loop may be running: a reload). */
 void nbd_conns_close(struct nbd_upstream *u);
+/* Drop a reference; the last one frees the upstream's state. */
+void nbd_upstream_put(struct nbd_upstream *u);
 
 /* nbd.c: an op finished with err (0 or an errno value). */
 void nbd_op_done(struct nbd_op *op, int err);

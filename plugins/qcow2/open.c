@@ -192,31 +192,13 @@ settle_for_writing(struct qcow2 *q)
 #define DEFAULT_L2_CACHE_MAX (32u << 20)
 
 static int
-parse_size(const char *s, uint64_t *out)
-{
-  char *end;
-  uint64_t v = strtoull(s, &end, 10);
-  if (end == s || *s == '-')
-    return -1;
-  switch (*end) {
-  case 'k': case 'K': v <<= 10; end++; break;
-  case 'm': case 'M': v <<= 20; end++; break;
-  case 'g': case 'G': v <<= 30; end++; break;
-  }
-  if (*end)
-    return -1;
-  *out = v;
-  return 0;
-}
-
-static int
 init_l2_cache(struct qcow2 *q, const char *setting)
 {
   uint64_t tables = qcow2_l1_entries_needed(&q->h, q->size);
   uint64_t bytes = tables << q->cluster_bits;
   if (bytes > DEFAULT_L2_CACHE_MAX)
     bytes = DEFAULT_L2_CACHE_MAX;
-  if (setting && parse_size(setting, &bytes) == -1) {
+  if (setting && nbds_parse_size(setting, &bytes) == -1) {
     nbds_error("qcow2: invalid l2-cache-size '%s'", setting);
     return -1;
   }

@@ -46,9 +46,18 @@ def sha256(path):
     return h.hexdigest()
 
 
+def free_port(family=socket.AF_INET, host="127.0.0.1"):
+    """A TCP port nothing listens on now (the kernel's pick)."""
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.bind((host, 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
 class Server:
     def __init__(self, test, name, args, image, start_timeout=15.0, wrapper=None,
-                 program=None):
+                 program=None, config=None, tcp=None):
         self.test = test
         self.name = name
         self.sock = os.path.join(test.scratch, name + ".sock")
@@ -63,20 +72,27 @@ class Server:
         self.wrapper = list(wrapper or [])
         # image None: the arguments name the export (--plugin ...).
         # program: another server with qemu-nbd's command line (the peer).
-        self.argv = self.wrapper + [program or NBDSTACK, "-f", "raw", "-k", self.sock,
-                                    "--pid-file=" + self.pidfile] + list(args)
+        # config: a configuration file naming the exports (no -f, no image;
+        # it makes the server persistent).
+        # tcp: (host, port) to listen on instead of the Unix socket.
+        self.tcp = tcp
+        self.argv = self.wrapper + [program or NBDSTACK]
+        self.argv += ["--config", config] if config else ["-f", "raw"]
+        self.argv += ["-b", tcp[0], "-p", str(tcp[1])] if tcp else ["-k", self.sock]
+        self.argv += ["--pid-file=" + self.pidfile] + list(args)
         if image is not None:
             self.argv.append(image)
         self.log = open(self.logpath, "wb")
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
-        persistent = "-t" in args or "--persistent" in args
+        persistent = config or "-t" in args or "--persistent" in args
         deadline = time.monotonic() + start_timeout
         while True:
             if self.proc.poll() is not None:
                 self.test.fatal("server %r exited with %d during start-up: %s\n%s"
                                 % (name, self.proc.returncode, " ".join(self.argv), self.logtext()))
             if (os.path.exists(self.pidfile) and os.path.getsize(self.pidfile) > 0
-                    and os.path.exists(self.sock) and (not persistent or self._connectable())):
+                    and (tcp or os.path.exists(self.sock))
+                    and (not (persistent or tcp) or self._connectable())):
                 break
             if time.monotonic() > deadline:
                 self.test.fatal("server %r not ready after %.0fs: %s\n%s"
@@ -84,10 +100,10 @@ class Server:
             time.sleep(0.05)
 
     def _connectable(self):
-        s = socket.socket(socket.AF_UNIX)
+        s = socket.socket(socket.AF_INET if self.tcp else socket.AF_UNIX)
         s.settimeout(2)
         try:
-            s.connect(self.sock)
+            s.connect(self.tcp or self.sock)
             return True
         except OSError:
             return False
@@ -102,6 +118,8 @@ class Server:
             return ""
 
     def uri(self, export=""):
+        if self.tcp:
+            return "nbd://%s:%d/%s" % (self.tcp[0], self.tcp[1], export)
         return "nbd+unix:///%s?socket=%s" % (export, self.sock)
 
     def alive(self):
@@ -114,6 +132,19 @@ class Server:
         h = nbd.NBD()
         h.connect_uri(self.uri(export))
         return h
+
+    def wait_log(self, text, count=1, timeout=60.0):
+        """Wait until the log has text in it count times (a server's own
+        account of what it did, such as a reload); False if it never
+        comes."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.logtext().count(text) >= count:
+                return True
+            if not self.alive():
+                return False
+            time.sleep(0.05)
+        return False
 
     def stop(self, sig=signal.SIGTERM, timeout=10.0):
         """Signal and wait; returns the exit status (-N: killed by signal N;
@@ -188,8 +219,10 @@ class Test:
             shutil.rmtree(self.scratch, ignore_errors=True)
 
     # ---- servers ---------------------------------------------------------
-    def start_server(self, name, args, image, wrapper=None, program=None):
-        s = Server(self, name, args, image, wrapper=wrapper, program=program)
+    def start_server(self, name, args, image, wrapper=None, program=None,
+                     config=None, tcp=None):
+        s = Server(self, name, args, image, wrapper=wrapper, program=program,
+                   config=config, tcp=tcp)
         self.servers.append(s)
         return s
 

@@ -13,7 +13,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import NBDSTACK, Test, skip  # noqa: E402
+from harness import NBDSTACK, Test, free_port, skip  # noqa: E402
 import nbdprobe as P  # noqa: E402
 
 if not shutil.which("nbdinfo"):
@@ -191,14 +191,6 @@ busy.close()
 t.stop_server_ok(srv)
 
 # ---- --allow ---------------------------------------------------------------
-def free_port(family, host):
-    s = socket.socket(family, socket.SOCK_STREAM)
-    s.bind((host, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def tcp_server(name, host, family, allow):
     """A server on host:PORT with --allow=allow; -> (proc, port, logpath)."""
     port = free_port(family, host)
