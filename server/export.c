@@ -80,14 +80,23 @@ export_free(struct export *e)
   free(e);
 }
 
+void (*export_closed_hook)(const char *name);
+
 static void
 close_withdrawn(void *arg)
 {
   struct export *e = arg;
   nbds_log_info("export '%s': closed (withdrawn, its last client gone)",
                 e->name);
-  export_free(e);
   closing--;
+  /* The hook may open the same image again: only once this stack is
+   * closed. */
+  char *name = e->name;
+  e->name = NULL;
+  export_free(e);
+  if (export_closed_hook)
+    export_closed_hook(name);
+  free(name);
 }
 
 static void

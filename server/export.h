@@ -59,6 +59,9 @@ void export_put(struct export *e);
 void export_withdraw(struct export *e);
 /* Free an export that is in no list (its stack, if open, is closed). */
 void export_free(struct export *e);
+/* Called on reactor 0 with a withdrawn export's name once it is flushed
+ * and closed (reload.c reopens a changed section then). */
+extern void (*export_closed_hook)(const char *name);
 
 /* The transmission flags a client of this export sees. */
 uint16_t export_flags(const struct export *e, bool structured);

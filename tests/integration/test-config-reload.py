@@ -4,8 +4,10 @@
 #   writing, and its data reaches the file; a new client cannot open it
 #   (GO: unknown export), LIST no longer shows it, and once the client
 #   leaves the export is flushed and closed;
-#   a new section appears; a changed one is served with its new settings
-#   to new clients while a client of the old one keeps the old; an
+#   a new section appears; a changed one is withdrawn while a client of
+#   the old one keeps it (with the old settings), and offered with its new
+#   settings once that client has left and the old export is closed (its
+#   image is never open twice; the new one sees what the old wrote); an
 #   unchanged one keeps its stack and its client;
 #   a bad file on reload changes nothing;
 #   a removed export over an upstream NBD server (nbdkit, multi-conn: a
@@ -123,9 +125,9 @@ t.check(srv.wait_log("export 'upstream': removed"), "log: upstream removed")
 t.check("export 'keep'" not in srv.logtext().split("reloading (SIGHUP)")[1],
         "log: keep untouched")
 ex = listing()
-t.eq(sorted(ex), ["change", "keep", "new"], "LIST after: gone is gone, new is there")
-t.eq(ex["change"].get("description"), "after", "change: the new description")
-t.eq(ex["change"]["is_read_only"], True, "change: the new readonly = true")
+# "change" is withdrawn until its old client leaves: its image is never
+# open in two stacks at once.
+t.eq(sorted(ex), ["keep", "new"], "LIST after: gone and change (still in use) are not there, new is")
 t.eq(ex["new"]["export-size"], 2 * M, "new: served")
 
 # The client of the removed export goes on: writes, reads, flushes.
@@ -141,8 +143,23 @@ on_change.pwrite(b"C" * 4096, 0)
 on_change.flush()
 t.same(on_change.pread(4096, 0), b"C" * 4096,
        "change: its old client still writes (old settings)")
+try:
+    connect("change")
+    t.fail("change: a new client could open it while the old export is in use")
+except nbd.Error:
+    t.ok("change: no new client while its old client is connected")
+t.check("export 'change': open again" not in srv.logtext(),
+        "change: its new settings are not opened while the old export is")
+on_change.shutdown()
+t.check(srv.wait_log("export 'change': closed"), "change: the old export closed once its client left")
+t.check(srv.wait_log("export 'change': open again"), "change: then opened with its new settings")
+ex = listing()
+t.eq(sorted(ex), ["change", "keep", "new"], "LIST: change is back")
+t.eq(ex["change"].get("description"), "after", "change: the new description")
+t.eq(ex["change"]["is_read_only"], True, "change: the new readonly = true")
 h = connect("change")
 t.eq(h.is_read_only(), True, "change: a new client gets read-only")
+t.same(h.pread(4096, 0), b"C" * 4096, "change: the new export sees what the old one's client wrote")
 h.shutdown()
 
 # A new client cannot open the removed export (GO: unknown).
@@ -192,7 +209,6 @@ t.eq(sorted(listing()), ["change", "keep", "new"], "a bad file changes nothing")
 t.same(on_keep.pread(4096, 65536), b"k" * 4096, "keep: its client is untouched")
 
 on_keep.shutdown()
-on_change.shutdown()
 t.stop_server_ok(srv)
 with open(keep_img, "rb") as f:
     t.same(f.read(65536 + 4096), b"K" * 65536 + b"k" * 4096, "keep: data on disk")
