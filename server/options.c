@@ -208,8 +208,10 @@ usage(void)
 "      --handshake-timeout=SECONDS  drop a client that has not finished\n"
 "                            negotiating by then (default 10, 0: never;\n"
 "                            qemu-nbd's --handshake-limit is the same)\n"
-"      --idle-timeout=SECONDS  drop a client with no request in flight for\n"
-"                            that long (default 0: never)\n");
+"      --idle-timeout=SECONDS  drop a client with no request being worked on\n"
+"                            for that long, counting a client stalled in a\n"
+"                            write's data or in reading replies (default 0:\n"
+"                            never)\n");
 }
 
 static void __attribute__((noreturn, format(printf, 1, 2)))
