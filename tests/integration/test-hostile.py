@@ -9,7 +9,8 @@
 #   - the server's RSS is back within TOLERANCE of the baseline taken after
 #     a warm-up (see below), so a leak that grows per case fails.
 # test-reject.py holds the per-request error cases (unknown commands and
-# flags, out of range, read-only) and test-tls-wire.py the TLS ones.
+# flags, out of range, read-only) and test-tls-wire.py more TLS ones
+# (--tls=require, bad handshakes).
 #
 # Memory.  The baseline is taken once the warm-up has made every request
 # size the cases use on every reactor, twice over: by then the buffer pool
@@ -24,13 +25,16 @@
 # checks at the server's exit instead.
 import os
 import random
+import shutil
 import socket
+import ssl
 import struct
+import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import SERVER_KIND, Test, sha256  # noqa: E402
+from harness import SERVER_KIND, SRCDIR, Test, sha256  # noqa: E402
 import nbdprobe as P  # noqa: E402
 
 K = 1024
@@ -51,6 +55,15 @@ IMG_SHA = sha256(img)
 args = ["-t", "-e", "8"]
 if SERVER_KIND == "nbdstack":
     args += ["--threads=2"]   # the warm-up reaches every reactor
+# --tls=on (plain text allowed) for the STARTTLS cases, when certtool is here.
+pki = None
+if SERVER_KIND == "nbdstack" and shutil.which("certtool"):
+    pki = os.path.join(t.scratch, "pki")
+    subprocess.run(["bash", "-c", '. "$1"; make_pki "$2"', "make_pki",
+                    os.path.join(SRCDIR, "test-tls-lib.sh"), pki], check=True)
+    args += ["--tls=on", "--tls-certificates=" + os.path.join(pki, "server")]
+else:
+    print("# no certtool (gnutls-bin): the STARTTLS cases are not run")
 srv = t.start_server("h", args, img)
 
 
@@ -78,6 +91,16 @@ def reset(c):
     """Close with an RST instead of a FIN."""
     c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     c.close()
+
+
+def starttls(c):
+    """STARTTLS and the TLS handshake; returns the STARTTLS reply's name."""
+    rtype = c.option(P.OPT_STARTTLS)[0]
+    if rtype == P.REP_ACK:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(os.path.join(pki, "client", "ca-cert.pem"))
+        c.sock = ctx.wrap_socket(c.sock, server_hostname="localhost")
+    return P.repname(rtype)
 
 
 def opened(c, sr=True, contexts=("base:allocation",)):
@@ -128,6 +151,9 @@ def warm_up():
             c.handshake()
             c.option(P.OPT_INFO, P.Conn.info_payload("") + bytes(60 * K))
             c.option(99, bytes(2 * M))
+            if pki:
+                starttls(c)
+                go_and_read(c, "warm-up over TLS")
             c.close()
 
 
@@ -358,6 +384,43 @@ def _(c, what):
 def _(c, what):
     c.handshake()
     c.send_option(P.OPT_ABORT, b"junk")
+    closed(c, what)
+
+
+# STARTTLS (more in test-tls-wire.py)
+def tls_case(name):
+    return case(name) if pki else (lambda fn: fn)
+
+
+@tls_case("STARTTLS twice: the second, under TLS, -> ERR_INVALID")
+def _(c, what):
+    c.handshake()
+    t.eq(starttls(c), "REP_ACK", what + ": first")
+    t.eq(rep(c, P.OPT_STARTTLS), "REP_ERR_INVALID", what)
+    go_and_read(c, what)
+
+
+@tls_case("STARTTLS with a payload")
+def _(c, what):
+    c.handshake()
+    t.eq(rep(c, P.OPT_STARTTLS, b"junk"), "REP_ERR_INVALID", what)
+    go_and_read(c, what)
+
+
+@tls_case("a plaintext option injected behind STARTTLS")
+def _(c, what):
+    c.handshake()
+    c.send(struct.pack(">QII", P.IHAVEOPT, P.OPT_STARTTLS, 0)
+           + struct.pack(">QII", P.IHAVEOPT, P.OPT_GO, 6) + P.Conn.info_payload(""))
+    t.eq(P.repname(c.read_option_reply()[1]), "REP_ACK", what + ": STARTTLS")
+    closed(c, what)
+
+
+@tls_case("an HTTP request instead of a ClientHello")
+def _(c, what):
+    c.handshake()
+    t.eq(rep(c, P.OPT_STARTTLS), "REP_ACK", what + ": STARTTLS")
+    c.send(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
     closed(c, what)
 
 
