@@ -9,6 +9,19 @@
 
 #define IN_BUF_MAX (64 * 1024 + 64)  /* largest option payload we parse */
 
+size_t
+conn_in_room(struct conn *c)
+{
+  if (c->in_start == c->in_end)
+    c->in_start = c->in_end = 0;
+  else if (c->in_cap - c->in_end < 512 && c->in_start > 0) {
+    memmove(c->in, c->in + c->in_start, c->in_end - c->in_start);
+    c->in_end -= c->in_start;
+    c->in_start = 0;
+  }
+  return c->in_cap - c->in_end;
+}
+
 bool
 conn_in_reserve(struct conn *c, size_t n)
 {

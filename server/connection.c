@@ -149,14 +149,7 @@ read_some(struct conn *c)
       return READ_MORE;
     }
   } else {
-    if (c->in_start == c->in_end)
-      c->in_start = c->in_end = 0;
-    else if (c->in_cap - c->in_end < 512 && c->in_start > 0) {
-      memmove(c->in, c->in + c->in_start, c->in_end - c->in_start);
-      c->in_end -= c->in_start;
-      c->in_start = 0;
-    }
-    size_t room = c->in_cap - c->in_end;
+    size_t room = conn_in_room(c);
     n = c->tls ? tls_recv(c, c->in + c->in_end, room)
                : read(c->fd, c->in + c->in_end, room);
     if (n > 0) {

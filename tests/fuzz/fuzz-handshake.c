@@ -212,14 +212,7 @@ feed(struct conn *c, const uint8_t *p, size_t n, size_t chunk)
           consume(c);
       }
     } else {
-      if (c->in_start == c->in_end)
-        c->in_start = c->in_end = 0;
-      else if (c->in_cap - c->in_end < 512 && c->in_start > 0) {
-        memmove(c->in, c->in + c->in_start, c->in_end - c->in_start);
-        c->in_end -= c->in_start;
-        c->in_start = 0;
-      }
-      size_t room = c->in_cap - c->in_end;
+      size_t room = conn_in_room(c);
       if (take > room)
         take = room;
       memcpy(c->in + c->in_end, p, take);
