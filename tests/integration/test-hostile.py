@@ -13,9 +13,9 @@
 # (--tls=require, bad handshakes).
 #
 # Memory.  The baseline is taken once the warm-up has made every request
-# size the cases use on every reactor, twice over: by then the buffer pool
-# (server/bufpool.c, at most 64 MiB per reactor) and malloc's arenas hold
-# what they will hold.  What remains is allocator noise (heap fragments,
+# size the cases use on every reactor, in rounds until a round adds less
+# than 256 KiB: by then the buffer pool (server/bufpool.c, at most 64 MiB
+# per reactor) and malloc's arenas hold what they will hold.  What remains is allocator noise (heap fragments,
 # a trimmed or untrimmed top chunk), measured at under 200 KiB: TOLERANCE
 # is five times that.  The whole list runs twice, so one data buffer
 # (>= 1 MiB here) leaked by any one case crosses TOLERANCE on its second
