@@ -1,8 +1,11 @@
 /* Time limits on a connection, one ev_timer each: a client must finish
  * negotiating (TLS included) within --handshake-timeout of connecting, and
- * in transmission may sit with no request in flight for at most
- * --idle-timeout.  A client that connects and sends nothing would
- * otherwise hold its -e slot forever.
+ * in transmission may do nothing for at most --idle-timeout.  A client that
+ * connects and sends nothing would otherwise hold its -e slot forever.
+ * Waiting on the client is not work: a client that stops in the middle of
+ * a WRITE payload, or stops reading its replies, is idle, or it would pin
+ * that request's buffer (up to 32 MiB) or its replies (up to the in-flight
+ * bound) for as long as it likes.
  *
  * The timer is not touched per request: conn_leave() stamps last_active,
  * and when the timer fires it re-arms itself for whatever time is left. */
@@ -37,8 +40,8 @@ limit_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
   if (idle <= 0)
     return;
-  if (c->tx.inflight > 0) {
-    arm(c, idle);  /* busy, not idle */
+  if (tx_working(c) > 0) {
+    arm(c, idle);  /* the export is busy for it: not idle */
     return;
   }
   ev_tstamp left = c->last_active + idle - now;
@@ -46,9 +49,11 @@ limit_cb(struct ev_loop *loop, ev_timer *w, int revents)
     arm(c, left);
     return;
   }
+  /* Killed, not shut down: replies it is not reading are dropped, and a
+   * half-received WRITE with them. */
   conn_enter(c);
   conn_set_close_reason(c, "idle timeout", 0);
-  conn_shutdown(c);
+  conn_kill(c);
   conn_leave(c);
 }
 

@@ -16,7 +16,6 @@
 #include "tls.h"
 
 #define IN_BUF_INITIAL 4096
-#define IN_BUF_MAX     (64 * 1024 + 64)  /* largest option payload we parse */
 #define WRITEV_MAX     64
 
 /* The connections on this reactor, for shutdown. */
@@ -85,44 +84,6 @@ conn_leave(struct conn *c)
     conn_maybe_free(c);
 }
 
-bool
-conn_in_reserve(struct conn *c, size_t n)
-{
-  if (n > IN_BUF_MAX)
-    return false;
-  if (c->in_start > 0 && c->in_cap - c->in_start < n) {
-    memmove(c->in, c->in + c->in_start, c->in_end - c->in_start);
-    c->in_end -= c->in_start;
-    c->in_start = 0;
-  }
-  if (c->in_cap < n) {
-    uint8_t *in = realloc(c->in, n);
-    if (!in)
-      return false;
-    c->in = in;
-    c->in_cap = n;
-  }
-  return true;
-}
-
-void
-conn_read_into(struct conn *c, void *dst, size_t n,
-               void (*done)(struct conn *c))
-{
-  size_t have = conn_in_avail(c);
-  size_t take = have < n ? have : n;
-  if (dst && take)
-    memcpy(dst, conn_in_ptr(c), take);
-  conn_in_skip(c, take);
-  if (take == n) {
-    done(c);
-    return;
-  }
-  c->sink = dst ? (uint8_t *) dst + take : NULL;
-  c->sink_left = n - take;
-  c->sink_done = done;
-}
-
 static void
 consume(struct conn *c)
 {
@@ -188,14 +149,7 @@ read_some(struct conn *c)
       return READ_MORE;
     }
   } else {
-    if (c->in_start == c->in_end)
-      c->in_start = c->in_end = 0;
-    else if (c->in_cap - c->in_end < 512 && c->in_start > 0) {
-      memmove(c->in, c->in + c->in_start, c->in_end - c->in_start);
-      c->in_end -= c->in_start;
-      c->in_start = 0;
-    }
-    size_t room = c->in_cap - c->in_end;
+    size_t room = conn_in_room(c);
     n = c->tls ? tls_recv(c, c->in + c->in_end, room)
                : read(c->fd, c->in + c->in_end, room);
     if (n > 0) {

@@ -81,6 +81,9 @@ static inline const uint8_t *conn_in_ptr(const struct conn *c)
 { return c->in + c->in_start; }
 static inline void conn_in_skip(struct conn *c, size_t n)
 { c->in_start += n; }
+/* Free space at the end of the input buffer for the next read (moving the
+ * unparsed bytes to the front when little is left). */
+size_t conn_in_room(struct conn *c);
 /* Make room for a message of n bytes in the input buffer.  False if n is
  * above the buffer's limit. */
 bool conn_in_reserve(struct conn *c, size_t n);

@@ -31,6 +31,7 @@ struct treq {
   struct treq *next_free;
   struct nbd_request nr;      /* as received */
   size_t held;                /* bytes counted in inflight_bytes */
+  bool replying;              /* counted in tx.replying */
   uint64_t start_ns;          /* when its header arrived, for metrics */
   uint8_t *buf;               /* READ/WRITE data */
   size_t buf_cap;
@@ -83,6 +84,9 @@ treq_sent(struct outmsg *m)
   struct tx *tx = &t->c->tx;
   tx->inflight--;
   tx->inflight_bytes -= t->held;
+  if (t->replying)
+    tx->replying--;
+  t->replying = false;
   if (tx->metrics)
     metrics_add(&tx->metrics->released, 1);
   t->held = 0;
@@ -373,6 +377,8 @@ send_reply(struct treq *t, uint32_t err)
     reply_block_status(t);
   else
     reply_simple(t, 0, false);
+  t->replying = true;
+  c->tx.replying++;
   conn_send(c, &t->out);
 }
 
@@ -552,6 +558,12 @@ tx_can_read_more(struct conn *c)
 {
   return c->tx.inflight < TX_MAX_INFLIGHT &&
          c->tx.inflight_bytes < TX_MAX_INFLIGHT_BYTES;
+}
+
+unsigned
+tx_working(const struct conn *c)
+{
+  return c->tx.inflight - c->tx.replying - (c->tx.receiving ? 1 : 0);
 }
 
 void

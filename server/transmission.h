@@ -22,6 +22,7 @@ struct tx {
   struct export *exp;
   struct nbd_tx_state st;
   unsigned inflight;          /* requests not yet fully replied */
+  unsigned replying;          /* of those, answered: reply being written */
   uint64_t inflight_bytes;    /* their data buffers */
   struct treq *free_reqs;
   struct treq *receiving;     /* a WRITE whose payload is coming in */
@@ -37,5 +38,8 @@ void tx_cleanup(struct conn *c);
 void tx_input_closed(struct conn *c);
 /* Below the in-flight bounds again? */
 bool tx_can_read_more(struct conn *c);
+/* Requests the export is still working on: in flight, neither waiting for
+ * the client's payload nor for the client to read their reply. */
+unsigned tx_working(const struct conn *c);
 
 #endif

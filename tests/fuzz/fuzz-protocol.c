@@ -4,9 +4,7 @@
  * header (nbd_parse_request), its validation against what the connection
  * negotiated (nbd_validate_request), and the NBD_OPT_INFO/GO and
  * *_META_CONTEXT option payloads.  The option loop of server/handshake.c
- * around them needs a live connection and is not fuzzed here; the
- * wire-level tests (tests/integration/test-reject.py, test-tls-wire.py)
- * cover it.
+ * around them has a target of its own, fuzz-handshake.c.
  *
  * Input: byte 0 picks the parser (% 3), the rest is its input:
  *   0  request: 8 control bytes make the negotiated state (eflags u16,

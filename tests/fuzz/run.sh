@@ -4,13 +4,16 @@
 # committed seed corpus for a bounded time.  Exits non-zero on any crash,
 # 77 (skip) when clang or libFuzzer (libclang-rt-14-dev) is missing.
 #
-#   bash tests/fuzz/run.sh                  # 60 s
-#   FUZZ_TIME=600 bash tests/fuzz/run.sh    # longer
+#   bash tests/fuzz/run.sh                  # 110 s in all
+#   FUZZ_TIME=600 bash tests/fuzz/run.sh    # fuzz-qcow2 longer
+#   FUZZ_HANDSHAKE_TIME=, FUZZ_PROTOCOL_TIME=, FUZZ_DEVEMU_TIME=: the others
 #   FUZZ_BUILD=build-fuzz FUZZ_JOBS=2 ...   # build dir, parallel jobs
 #
-# New corpus entries go to $FUZZ_BUILD/corpus-qcow2 (not committed), crash
+# New corpus entries go to $FUZZ_BUILD/corpus-NAME (not committed), crash
 # inputs to $FUZZ_BUILD/artifacts/.  A crash input that should stay
-# fixed belongs in tests/fuzz/regress/ (replayed first, every run).
+# fixed belongs in tests/fuzz/regress/ (fuzz-qcow2's) or
+# tests/fuzz/regress/fuzz-NAME/ (another target's), replayed first, every
+# run.
 #
 # Each result (every regression input, the fuzzing run) is also a line of
 # $FUZZ_BUILD/fuzz-testlog.json in the form of meson's testlog.json, for
@@ -18,7 +21,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 
-time_limit=${FUZZ_TIME:-60}
+time_limit=${FUZZ_TIME:-50}
 build=${FUZZ_BUILD:-build-fuzz}
 jobs=${FUZZ_JOBS:-1}
 
@@ -56,12 +59,12 @@ if [ -d "$build/meson-private" ]; then
 else
   CC=clang meson setup "$build" "${setup_args[@]}" >/dev/null
 fi || { echo "fuzz: meson setup failed"; tally fuzz-qcow2-build FAIL; exit 1; }
-meson compile -C "$build" fuzz-qcow2 fuzz-devemu fuzz-protocol >/dev/null ||
-  { meson compile -C "$build" fuzz-qcow2 fuzz-devemu fuzz-protocol
+targets=(fuzz-qcow2 fuzz-devemu fuzz-protocol fuzz-handshake)
+meson compile -C "$build" "${targets[@]}" >/dev/null ||
+  { meson compile -C "$build" "${targets[@]}"
     tally fuzz-build FAIL
     exit 1; }
 
-exe=$build/tests/fuzz/fuzz-qcow2
 seeds=tests/fuzz/corpus/qcow2
 regress=tests/fuzz/regress
 work=$build/corpus-qcow2
@@ -76,23 +79,28 @@ fuzz_opts=(-timeout=30 -rss_limit_mb=4096 -malloc_limit_mb=1024
            -error_exitcode=1 -artifact_prefix="$artifacts/")
 status=0
 
-mapfile -t inputs < <(find "$regress" -type f ! -name '*.txt' \
-                        ! -name '*.md' ! -name '.*' 2>/dev/null | sort)
-if [ ${#inputs[@]} -gt 0 ]; then
-  echo "== fuzz: replaying ${#inputs[@]} regression inputs from $regress"
+# regression inputs: fuzz-qcow2's in $regress, the others' in $regress/NAME
+for target in "${targets[@]}"; do
+  dir=$regress/$target
+  [ "$target" = fuzz-qcow2 ] && dir=$regress
+  mapfile -t inputs < <(find "$dir" -maxdepth 1 -type f ! -name '*.txt' \
+                          ! -name '*.md' ! -name '.*' 2>/dev/null | sort)
+  [ ${#inputs[@]} -gt 0 ] || continue
+  echo "== fuzz: replaying ${#inputs[@]} regression inputs of $target"
   for f in "${inputs[@]}"; do
-    if "$exe" "${fuzz_opts[@]}" "$f" >"$build/regress.log" 2>&1; then
+    if "$build/tests/fuzz/$target" "${fuzz_opts[@]}" "$f" \
+         >"$build/regress.log" 2>&1; then
       echo "ok   $f"
       tally "fuzz-regress/${f##*/}" OK
     else
       echo "FAIL $f"
       tally "fuzz-regress/${f##*/}" FAIL
-      grep -E -A30 "ERROR: |runtime error:|fuzz-qcow2: " "$build/regress.log" |
+      grep -E -A30 "ERROR: |runtime error:|$target: " "$build/regress.log" |
         head -60
       status=1
     fi
   done
-fi
+done
 
 # fuzz NAME SECONDS CORPUS-DIR...: one bounded libFuzzer run, tallied.
 fuzz() {
@@ -128,8 +136,10 @@ else
 fi
 fuzz fuzz-qcow2 "$time_limit" "$work" "$seeds"
 mkdir -p "$build/corpus-devemu"
-fuzz fuzz-devemu "${FUZZ_DEVEMU_TIME:-30}" "$build/corpus-devemu"
-mkdir -p "$build/corpus-protocol"
-fuzz fuzz-protocol "${FUZZ_PROTOCOL_TIME:-20}" "$build/corpus-protocol" \
+fuzz fuzz-devemu "${FUZZ_DEVEMU_TIME:-25}" "$build/corpus-devemu"
+mkdir -p "$build/corpus-protocol" "$build/corpus-handshake"
+fuzz fuzz-protocol "${FUZZ_PROTOCOL_TIME:-15}" "$build/corpus-protocol" \
   tests/fuzz/corpus/protocol
+fuzz fuzz-handshake "${FUZZ_HANDSHAKE_TIME:-20}" "$build/corpus-handshake" \
+  tests/fuzz/corpus/handshake
 exit $status

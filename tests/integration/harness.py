@@ -146,6 +146,30 @@ class Server:
             time.sleep(0.05)
         return False
 
+    def pid(self):
+        """The server's own pid (under a wrapper, from its pid file)."""
+        if not self.wrapper:
+            return self.proc.pid
+        with open(self.pidfile) as f:
+            return int(f.read())
+
+    def rss_kib(self):
+        """Resident memory (VmRSS) in KiB."""
+        with open("/proc/%d/status" % self.pid()) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        raise OSError("no VmRSS for pid %d" % self.pid())
+
+    def sanitized(self):
+        """Built with AddressSanitizer?  (Its quarantine and shadow memory
+        make RSS mean little; LeakSanitizer checks leaks at exit instead.)"""
+        with open("/proc/%d/maps" % self.pid()) as f:
+            if "libasan" in f.read():
+                return True
+        with open("/proc/%d/exe" % self.pid(), "rb") as f:
+            return b"__asan_init" in f.read()  # clang links it statically
+
     def stop(self, sig=signal.SIGTERM, timeout=10.0):
         """Signal and wait; returns the exit status (-N: killed by signal N;
         None: had to be SIGKILLed after timeout)."""

@@ -1,6 +1,8 @@
 #!/usr/bin/python3
-# Access limits: --handshake-timeout, --idle-timeout and --allow, with raw
-# sockets (nbdprobe.py) and real clients (nbdinfo).
+# Access limits: --handshake-timeout, --idle-timeout (clients stalled
+# inside a payload or not reading replies included), -e N, clients pinning
+# large WRITEs, and --allow, with raw sockets (nbdprobe.py) and real
+# clients (nbdinfo).
 #
 # Timings: the only bounds asserted are ones load cannot break.  A server
 # never closes a client before its timeout, so "closed no sooner than the
@@ -8,6 +10,7 @@
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -188,6 +191,114 @@ except (P.Closed, TimeoutError, OSError) as e:
     t.fail("busy client dropped: %s" % e)
 t.check("idle timeout" in srv.logtext(), "the log names the idle timeout")
 busy.close()
+t.stop_server_ok(srv)
+
+# A client that stops half-way through a WRITE payload, or stops reading its
+# replies, is idle too: otherwise it pins the request's buffer, or its
+# replies, for as long as it likes.
+srv = t.start_server("idle-stall", ["-t", "-e", "4", "--idle-timeout=%d" % IDLE], img)
+payload = raw_unix(srv)
+payload.handshake()
+payload.go("")
+deaf = raw_unix(srv)
+deaf.handshake()
+deaf.go("")
+since = time.monotonic()
+payload.send(struct.pack(">IHHQQI", P.REQUEST_MAGIC, 0, P.CMD_WRITE, 1, 0, 1 << 20)
+             + b"x" * 1000)
+deaf.sock.setblocking(False)
+sent = 0
+try:
+    while sent < 64:   # READs of the whole 1 MiB disk, none of them read
+        deaf.sock.send(struct.pack(">IHHQQI", P.REQUEST_MAGIC, 0, P.CMD_READ, sent, 0, 1 << 20))
+        sent += 1
+except BlockingIOError:
+    pass
+deaf.sock.setblocking(True)
+check_dropped(payload, since, IDLE, "client stalled inside a WRITE payload")
+# Reading the other one would make it a reader again: the log says first.
+deadline = time.monotonic() + LONG
+while srv.logtext().count("idle timeout") < 2 and time.monotonic() < deadline:
+    time.sleep(0.1)
+t.eq(srv.logtext().count("idle timeout"), 2,
+     "client that stopped reading %d replies: dropped for the idle timeout "
+     "before any reply was read" % sent)
+t.check(deaf.wait_closed(LONG), "client that stopped reading: closed")
+rc, _ = nbdinfo(srv.uri())
+t.eq(rc, 0, "nbdinfo after the stalled clients were dropped")
+with open(img, "rb") as f:
+    t.check(f.read(6) == b"limits", "the half-received WRITE was not written")
+t.stop_server_ok(srv)
+
+# ---- -e N: at most N clients; the next waits for a free slot ---------------
+N = 3
+srv = t.start_server("e3", ["-t", "-e", str(N)], img)
+held = []
+for i in range(N):
+    c = raw_unix(srv)
+    c.handshake()
+    c.go("")
+    held.append(c)
+waiting = raw_unix(srv)
+waiting.sock.settimeout(HS)
+try:
+    greeted = len(waiting.sock.recv(18)) > 0
+except socket.timeout:
+    greeted = False
+t.check(not greeted, "-e %d: client %d is not served while %d are connected" % (N, N + 1, N))
+for c in held:
+    t.eq(c.request(P.CMD_READ, 0, 6).data, b"limits", "-e %d: a held client still works" % N)
+held.pop().disconnect()
+waiting.sock.settimeout(LONG)
+try:
+    waiting.handshake()
+    waiting.go("")
+    t.eq(waiting.request(P.CMD_READ, 0, 6).data, b"limits",
+         "-e %d: client %d is served once a slot is free" % (N, N + 1))
+    waiting.disconnect()
+except (P.Closed, P.ProtocolError, TimeoutError, OSError) as e:
+    t.fail("-e %d: client %d not served after a slot freed: %s" % (N, N + 1, e))
+for c in held:
+    c.disconnect()
+t.stop_server_ok(srv)
+
+# ---- many clients each pinning a 32 MiB WRITE -------------------------------
+# Each sends a WRITE header for the largest payload, 256 KiB of it, then
+# nothing.  The server holds what they sent, not what they announced: its
+# RSS may grow by their bytes plus SLACK (a buffer of each pool class, malloc
+# arenas), far below the 32 MiB each announced.
+MANY, SENT, SLACK = 24, 256 << 10, 48 << 10   # SLACK in KiB
+big = t.image("big.img", 64 << 20, [(0, b"limits")])
+# meson test sets MALLOC_PERTURB_, which makes malloc fill (so touch) every
+# buffer it hands out: what is measured is what the server itself touches.
+os.environ.pop("MALLOC_PERTURB_", None)
+srv = t.start_server("pin", ["-t", "-e", str(MANY + 2)], big)
+before = srv.rss_kib()
+pinners = []
+for i in range(MANY):
+    c = raw_unix(srv)
+    c.handshake()
+    c.go("")
+    c.send(struct.pack(">IHHQQI", P.REQUEST_MAGIC, 0, P.CMD_WRITE, 1, 0, 32 << 20)
+           + b"p" * SENT)
+    pinners.append(c)
+ok = raw_unix(srv)                      # a well-behaved client meanwhile
+ok.handshake()
+ok.go("")
+t.eq(ok.request(P.CMD_READ, 0, 6).data, b"limits", "a client works beside %d pinning ones" % MANY)
+ok.disconnect()
+grown = srv.rss_kib() - before
+bound = MANY * SENT // 1024 + SLACK
+if srv.sanitized():
+    print("# AddressSanitizer: RSS grew by %d KiB (bound %d KiB not enforced)" % (grown, bound))
+else:
+    t.check(grown <= bound, "%d clients announcing 32 MiB WRITEs, sending %d KiB each: RSS grew "
+            "by %d KiB, at most %d KiB (announced: %d MiB)"
+            % (MANY, SENT >> 10, grown, bound, MANY * 32))
+for c in pinners:
+    c.close()
+with open(big, "rb") as f:
+    t.check(f.read(6) == b"limits", "no half-received WRITE was written")
 t.stop_server_ok(srv)
 
 # ---- --allow ---------------------------------------------------------------
