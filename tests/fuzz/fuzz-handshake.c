@@ -10,8 +10,9 @@
  * starts over).  Exports and the TLS mode are a fixed table and a control
  * byte.
  *
- * Input: byte 0 is the configuration (bits 0-1: --tls off/on/require;
- * bit 2: -A, allocation depth offered; bits 4-7: the read size, from 1
+ * Input: byte 0 is the configuration (bits 0-1: --tls off/on/require,
+ * or 3: on, with export "disk" TLS-only and "" for no client here, as a
+ * configuration file's tls = require and allow make them; bit 2: -A, allocation depth offered; bits 4-7: the read size, from 1
  * byte to everything at once); the rest is what the client sends after
  * the greeting: its flags, then options.
  *
@@ -20,13 +21,16 @@
  * final ACK or error closing each option, no more finals than options);
  * nothing is sent once transmission starts; with --tls=require nothing
  * but STARTTLS, ABORT and errors is answered, and transmission never
- * starts, before TLS; a meta context is only ever selected with
- * structured replies. */
+ * starts, before TLS; nor on a TLS-only export; a meta context is only
+ * ever selected with structured replies; every reference to an export
+ * the handshake took is given back, but the one transmission keeps. */
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "allow.h"
 #include "connection.h"
 #include "export.h"
 #include "log.h"
@@ -49,6 +53,7 @@ static struct nbds_layer layers[2];
 static struct export table[2];
 static enum tls_mode mode;
 static struct tls_session *tls_up = (struct tls_session *) &mode;
+static struct allow_list *allow;
 
 /* What the server said, for the oracles. */
 static struct {
@@ -66,13 +71,35 @@ tls_mode(void)
   return mode;
 }
 
+void
+exports_lock(void)
+{
+}
+
+void
+exports_unlock(void)
+{
+}
+
+/* As export.c's, counting the references the handshake takes, for the
+ * oracle that it gives back every one but the one transmission keeps. */
 struct export *
-export_find(const uint8_t *name, size_t len)
+export_get(const uint8_t *name, size_t len)
 {
   for (struct export *e = exports; e; e = e->next)
-    if (strlen(e->name) == len && memcmp(e->name, name, len) == 0)
+    if (e->offered && strlen(e->name) == len &&
+        memcmp(e->name, name, len) == 0) {
+      atomic_fetch_add(&e->refs, 1);
       return e;
+    }
   return NULL;
+}
+
+void
+export_put(struct export *e)
+{
+  REQUIRE(atomic_load(&e->refs) > 0);
+  atomic_fetch_sub(&e->refs, 1);
 }
 
 uint16_t
@@ -154,6 +181,8 @@ tx_start(struct conn *c, struct export *e, bool structured,
 {
   REQUIRE(e == &table[0] || e == &table[1]);
   REQUIRE(!(mode == TLS_REQUIRE && !c->tls));
+  REQUIRE(!(e->tls_required && !c->tls));
+  REQUIRE(!e->allow);  /* the fuzzer's connection has no address */
   REQUIRE(structured || !(base_allocation || alloc_depth));
   REQUIRE(!alloc_depth || e->alloc_depth);
   c->phase = PHASE_TRANSMISSION;
@@ -232,7 +261,9 @@ static const size_t chunks[16] = {
 static void
 setup(uint8_t config)
 {
-  mode = (config & 3) == 3 ? TLS_OFF : (enum tls_mode) (config & 3);
+  /* 3: TLS on, with a configuration file's per-export settings. */
+  bool per_export = (config & 3) == 3;
+  mode = per_export ? TLS_ON : (enum tls_mode) (config & 3);
   memset(layers, 0, sizeof layers);
   memset(table, 0, sizeof table);
   for (int i = 0; i < 2; i++) {
@@ -248,6 +279,14 @@ setup(uint8_t config)
   table[1].name = "disk";
   table[1].description = (config & 8) ? "a disk" : NULL;
   table[1].readonly = true;
+  /* Per-export settings: "disk" TLS-only, "" only for some networks
+   * (which a connection with no address never is in). */
+  table[1].tls_required = per_export;
+  table[0].allow = per_export ? allow : NULL;
+  for (int i = 0; i < 2; i++) {
+    table[i].offered = true;
+    atomic_init(&table[i].refs, 0);
+  }
   table[0].next = &table[1];
   exports = &table[0];
 }
@@ -257,6 +296,11 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
   if (size < 1 || size > (1u << 20))
     return 0;
+  if (!allow) {
+    const char *bad;
+    allow = allow_list_new();
+    REQUIRE(allow && allow_list_add(allow, "192.0.2.0/24", &bad));
+  }
   setup(data[0]);
   memset(&seen, 0, sizeof seen);
 
@@ -280,6 +324,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
   REQUIRE(!seen.transmission || c->phase == PHASE_TRANSMISSION);
 
   handshake_cleanup(c);
+  unsigned held = atomic_load(&table[0].refs) + atomic_load(&table[1].refs);
+  REQUIRE(held == (c->phase == PHASE_TRANSMISSION ? 1 : 0));
   free(c->in);
   free(c);
   free(client);
