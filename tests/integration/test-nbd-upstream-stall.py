@@ -34,6 +34,10 @@ K = 1024
 M = K * K
 TIMEOUT = 2
 BOUND = TIMEOUT + 10
+# Reconnecting after the upstream is back: a connect attempt of up to 5 s
+# and a back-off of up to 5 s, stretched by a loaded machine (CI shares
+# two cores; 20 s was seen to be too short there).  A hang still fails.
+RECOVERY = 60
 
 t = Test()
 peers = Peers(t)
@@ -147,14 +151,14 @@ t.check(chain.alive(), "the chain server is still running")
 
 # --- SIGCONT: back ------------------------------------------------------------
 kit.send_signal(signal.SIGCONT)
-deadline = time.monotonic() + 20
+deadline = time.monotonic() + RECOVERY
 ok = False
 while time.monotonic() < deadline:
     if nbd_errno(h.pread, 4096, 0) == 0:
         ok = True
         break
     time.sleep(0.2)
-t.check(ok, "after SIGCONT: requests succeed again (within 20 s)")
+t.check(ok, "after SIGCONT: requests succeed again (within %d s)" % RECOVERY)
 if ok:
     t.same(h.pread(len(pat), 0), pat, "after SIGCONT: the data written before the stall is there")
     h.pwrite(b"\x44" * 4096, 1 * M)
@@ -167,7 +171,7 @@ t.check(wait_all(h, BOUND), "stopped again: the request in flight completes with
 kit.kill()
 kit.wait()
 kit = start_nbdkit(ksock)
-deadline = time.monotonic() + 20
+deadline = time.monotonic() + RECOVERY
 ok = False
 while time.monotonic() < deadline:
     if nbd_errno(h.pwrite, b"\x55" * 4096, 0) == 0:
