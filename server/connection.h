@@ -40,8 +40,9 @@ struct conn {
   ev_tstamp last_active;      /* the last callback: for the idle timeout */
   char peer[80];
 
-  uint8_t *in;                /* bytes read, not yet parsed: in[start..end) */
-  size_t in_cap, in_start, in_end;
+  uint8_t *in;                /* bytes read, not yet parsed: in[start..end);
+                                 NULL while there are none */
+  size_t in_start, in_end;
   /* While set, socket bytes go straight to sink (a WRITE payload) or are
    * dropped (sink NULL), and sink_done runs when sink_left reaches 0. */
   uint8_t *sink;
