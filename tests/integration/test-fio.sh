@@ -71,4 +71,30 @@ else
     check_fail "fio randwrite with verify failed under --aio=threads"
 fi
 stop_server_ok h
+
+# 5: the benchmark's other settings (tests/bench/run.sh): 1 MiB sequential
+# writes at iodepth 32 (payloads larger than the input buffer), and 4k
+# random writes over 4 connections at once (multi-conn; each job verifies
+# its own 16 MiB).
+start_server m -t -e 0 "$img"
+bench=(--ioengine=nbd "--uri=$(uri m)" --iodepth=32 --verify=crc32c
+       --verify_fatal=1 --group_reporting --output-format=json)
+if with_timeout 120 fio --name=seq "${bench[@]}" --rw=write --bs=1M --size=64M \
+       --output="$SCRATCH/fio5.json" >"$SCRATCH/fio5.out" 2>&1; then
+    ok "fio 1M sequential write + verify at iodepth 32"
+else
+    sed 's/^/  fio: /' "$SCRATCH/fio5.out" >&2
+    check_fail "fio 1M sequential write with verify failed"
+fi
+expect_eq "$(fio_kb "$SCRATCH/fio5.json" read)" 65536 "1M pass verified 64 MiB"
+if with_timeout 120 fio --name=mc "${bench[@]}" --rw=randwrite --bs=4k \
+       --numjobs=4 --size=16M --offset_increment=16M \
+       --output="$SCRATCH/fio6.json" >"$SCRATCH/fio6.out" 2>&1; then
+    ok "fio 4k randwrite + verify over 4 connections"
+else
+    sed 's/^/  fio: /' "$SCRATCH/fio6.out" >&2
+    check_fail "fio randwrite with verify over 4 connections failed"
+fi
+expect_eq "$(fio_kb "$SCRATCH/fio6.json" read)" 65536 "4 connections verified 64 MiB"
+stop_server_ok m
 finish
