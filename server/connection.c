@@ -382,9 +382,9 @@ write_cb(struct ev_loop *loop, ev_io *w, int revents)
 static void
 flush_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 {
+  (void) loop;
   (void) revents;
   struct conn *c = w->data;
-  ev_prepare_stop(loop, w);
   if (ev_is_active(&c->write_watcher))
     return;  /* the socket was full: wait for it */
   conn_enter(c);
@@ -417,8 +417,11 @@ conn_send(struct conn *c, struct outmsg *m)
   m->next = NULL;
   *c->out_tail = m;
   c->out_tail = &m->next;
-  if (!ev_is_active(&c->flush_watcher) && !ev_is_active(&c->write_watcher))
-    ev_prepare_start(c->loop, &c->flush_watcher);
+  /* Fed, not started: libev runs it right after the callback that is
+   * queueing replies (a completion reaped while the reactor submits, too),
+   * once however many it queues, and before the loop sleeps. */
+  if (!ev_is_pending(&c->flush_watcher) && !ev_is_active(&c->write_watcher))
+    ev_feed_event(c->loop, &c->flush_watcher, EV_CUSTOM);
 }
 
 struct copymsg {

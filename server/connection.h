@@ -1,6 +1,6 @@
 /* A client connection: a non-blocking socket on one reactor, an input
  * buffer the protocol phases parse from, and a queue of replies that are
- * written out together once per loop iteration. */
+ * written out together after each callback that queues them. */
 #ifndef NBDS_SERVER_CONNECTION_H
 #define NBDS_SERVER_CONNECTION_H
 
@@ -34,7 +34,7 @@ struct conn {
   struct ev_loop *loop;
   ev_io read_watcher;
   ev_io write_watcher;
-  ev_prepare flush_watcher;
+  ev_prepare flush_watcher;   /* never started, only fed: see conn_send */
   /* The handshake deadline, then the idle timeout (connection-limits.c). */
   ev_timer limit_timer;
   ev_tstamp last_active;      /* the last callback: for the idle timeout */
