@@ -128,22 +128,15 @@ nbds_uring_sqe(struct nbds_uring_op *op)
   return sqe;
 }
 
-/* Reset the ring's eventfd; call ring_reap() after, not before. */
-static void
-ring_clear_eventfd(struct nbds_reactor *r)
-{
-  uint64_t count;
-  if (read(r->ring_efd, &count, sizeof count) == -1 && errno != EAGAIN)
-    nbds_log_error("eventfd read: %s", strerror(errno));
-}
-
 static void
 ring_ready_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
   (void) loop;
   (void) revents;
   struct nbds_reactor *r = w->data;
-  ring_clear_eventfd(r);
+  uint64_t count;
+  if (read(r->ring_efd, &count, sizeof count) == -1 && errno != EAGAIN)
+    nbds_log_error("eventfd read: %s", strerror(errno));
   ring_reap(r);
 }
 
@@ -155,14 +148,10 @@ submit_cb(struct ev_loop *loop, ev_prepare *w, int revents)
   struct nbds_reactor *r = w->data;
   ring_submit(r);
   /* Completions that arrived during submission (cached buffered reads
-   * complete inline) are picked up now rather than after a wake-up.  They
-   * signalled the eventfd too: clear it first, so that the loop does not
-   * go round once more for them; whatever completes after the clear
-   * signals it again. */
-  if (io_uring_cq_ready(&r->ring)) {
-    ring_clear_eventfd(r);
-    ring_reap(r);
-  }
+   * complete inline) are picked up now rather than after a wake-up.  The
+   * eventfd they signalled stays set: loops that run the reactor until a
+   * request completes (ev_run ONCE) count on it not to sleep. */
+  ring_reap(r);
   ring_submit(r);
 }
 
