@@ -12,7 +12,7 @@ set boxwidth 0.9
 set datafile missing "-"
 set key top left
 set logscale y 2
-set yrange [0.25:*]
+set yrange [0.0625:*]
 set ylabel "times faster (log scale)"
 set xtics rotate by -30
 set grid ytics
