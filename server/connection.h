@@ -48,6 +48,7 @@ struct conn {
   uint8_t *sink;
   size_t sink_left;
   void (*sink_done)(struct conn *c);
+  bool large_payloads;        /* the last payload was read straight in */
 
   struct outmsg *out_head, **out_tail;
   size_t out_bytes;
