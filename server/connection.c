@@ -1,6 +1,6 @@
 /* Connection transport: buffered non-blocking reads, payloads read straight
- * into request buffers, and replies gathered into one writev per loop
- * iteration.
+ * into request buffers, and the replies each callback queues gathered into
+ * one writev.
  *
  * One read takes as much as the socket holds, up to IN_BUF_SIZE: about
  * 30 pending 4 KiB WRITEs with their payloads, where a buffer the size of
@@ -8,9 +8,8 @@
  * copied out of the buffer (a memcpy costs less than a syscall); the rest
  * of a large one is read straight into place, and after a large payload
  * the next read takes only 4 KiB, so that a stream of 1 MiB WRITEs is not
- * copied twice.
- * The buffer comes from the reactor's pool and goes back whenever all of
- * it is parsed, so an idle connection holds none. */
+ * copied twice.  The buffer comes from the reactor's pool and goes back
+ * whenever all of it is parsed, so an idle connection holds none. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,7 +28,7 @@
 #define IN_BUF_SIZE     (128 * 1024)
 #define IN_BUF_MAX      (64 * 1024 + 64)  /* largest option payload we parse */
 #define SINK_DIRECT_MIN (64 * 1024)  /* a payload rest read straight in */
-#define AFTER_LARGE_READ 4096        /* what one read takes after one */
+#define AFTER_LARGE_READ 4096        /* the read after a large payload */
 #define WRITEV_MAX      64
 
 /* The connections on this reactor, for shutdown. */
