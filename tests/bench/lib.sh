@@ -74,16 +74,17 @@ record() {
 }
 
 # run_fio ROUND WORKLOAD SERVER RW BS SECONDS: one fio run against the
-# server on $sock, with the server's CPU time over the run.
+# server on $sock, with the server's CPU time over the run (no ramp time:
+# fio then counts the requests of the whole span the CPU time covers).
 run_fio() {
-  local out before
+  local out before ticks=-
   before=$(cpu_ticks)
   out=$(fio --name=b --ioengine=nbd --uri="nbd+unix:///?socket=$sock" \
             --rw="$4" --bs="$5" --iodepth="$qd" --numjobs="$jobs" \
             --group_reporting --size="$size" --time_based --runtime="$6" \
             --output-format=json)
-  [ "$before" = - ] || before=$(( $(cpu_ticks) - before ))
-  record "$1" "$2" "$3" "$before" <<<"$out"
+  [ "$before" = - ] || ticks=$(( $(cpu_ticks) - before ))
+  record "$1" "$2" "$3" "$ticks" <<<"$out"
 }
 
 # run_direct ROUND WORKLOAD RW BS SECONDS: the same job straight on the
