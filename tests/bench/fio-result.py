@@ -1,6 +1,6 @@
 """One fio run's JSON (stdin) as one line of the benchmark's results:
 
-    ROUND WORKLOAD SERVER IOPS KiB/s CLAT-P50-us CLAT-P99-us CPU-us/request
+    ROUND WORKLOAD SERVER IOPS KiB/s LAT-P50-us LAT-P99-us CPU-us/request
 
 usage: fio-result.py ROUND WORKLOAD SERVER CPU_TICKS CLK_TCK
 CPU_TICKS is the server's user + system time over the run ("-": not
@@ -16,7 +16,9 @@ job = json.loads(text[text.index("{"):])["jobs"][0]
 if job["error"]:
     print(f"bench: {workload} on {server}: fio error {job['error']}", file=sys.stderr)
 side = job["read"] if job["read"]["io_bytes"] else job["write"]
-pct = side["clat_ns"].get("percentile", {})
+# Total latency (submission + completion): io_uring does a cached read
+# while submitting it, so completion latency alone would miss it.
+pct = side["lat_ns"].get("percentile", {})
 p50 = pct.get("50.000000", 0) / 1000
 p99 = pct.get("99.000000", 0) / 1000
 ios = job["read"]["total_ios"] + job["write"]["total_ios"]

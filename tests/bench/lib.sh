@@ -81,7 +81,7 @@ run_fio() {
   before=$(cpu_ticks)
   out=$(fio --name=b --ioengine=nbd --uri="nbd+unix:///?socket=$sock" \
             --rw="$4" --bs="$5" --iodepth="$qd" --numjobs="$jobs" \
-            --group_reporting --size="$size" --time_based --runtime="$6" \
+            --group_reporting --lat_percentiles=1 --size="$size" --time_based --runtime="$6" \
             --output-format=json)
   [ "$before" = - ] || ticks=$(( $(cpu_ticks) - before ))
   record "$1" "$2" "$3" "$ticks" <<<"$out"
@@ -96,7 +96,7 @@ run_direct() {
   local out
   out=$(fio --name=b --ioengine=io_uring --filename="$img" --invalidate=0 \
             --rw="$3" --bs="$4" --iodepth="$qd" --numjobs="$jobs" \
-            --group_reporting --size="$size" --time_based --runtime="$5" \
+            --group_reporting --lat_percentiles=1 --size="$size" --time_based --runtime="$5" \
             --output-format=json)
   record "$1" "$2" direct - <<<"$out"
 }

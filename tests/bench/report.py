@@ -84,7 +84,7 @@ for w in filter(is_latency, workloads):
                      for s in servers] +
                  [cell(ratio(p50[first], p50[p]), "{:.2f}", "x") for p in peers]))
 if rows:
-    table("Completion latency at iodepth 1, us: median / p99", rows,
+    table("Latency at iodepth 1 (submission to completion), us: median / p99", rows,
           [s + " p50 / p99" for s in servers] + ratio_heads,
           "(ratios of the medians: below 1 means faster)")
 
