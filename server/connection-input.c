@@ -1,44 +1,73 @@
-/* A connection's input buffer: room for one whole message (an option and
- * its payload) up to a limit, and payloads read straight into place or
- * dropped.  Socket reads live in connection.c; this part touches no
- * socket, so tests/fuzz/fuzz-handshake.c runs it as it is. */
+/* A connection's input buffer: one IN_BUF_SIZE buffer from the reactor's
+ * pool while there are bytes to parse (an idle connection holds none),
+ * room for one whole message (an option and its payload) up to a limit,
+ * and payloads read straight into place or dropped.  Socket reads live in
+ * connection.c; this part touches no socket, so
+ * tests/fuzz/fuzz-handshake.c runs it as it is. */
 #include <stdlib.h>
 #include <string.h>
 
+#include "bufpool.h"
 #include "connection.h"
 
 #define IN_BUF_MAX (64 * 1024 + 64)  /* largest option payload we parse */
 
-size_t
-conn_in_room(struct conn *c)
+/* Take an input buffer from the pool if the connection has none. */
+static bool
+in_acquire(struct conn *c)
 {
-  if (c->in_start == c->in_end)
+  size_t cap;
+  if (!c->in)
+    c->in = bufpool_get(IN_BUF_SIZE, &cap);
+  return c->in != NULL;
+}
+
+/* Move what is left to parse to the front of the buffer. */
+static void
+in_compact(struct conn *c)
+{
+  memmove(c->in, c->in + c->in_start, c->in_end - c->in_start);
+  c->in_end -= c->in_start;
+  c->in_start = 0;
+}
+
+bool
+conn_in_room(struct conn *c, size_t *room)
+{
+  if (!in_acquire(c))
+    return false;
+  if (c->in_start > 0)
+    in_compact(c);
+  *room = IN_BUF_SIZE - c->in_end;
+  return true;
+}
+
+void
+conn_in_release(struct conn *c)
+{
+  if (c->in && c->in_start == c->in_end) {
+    bufpool_put(c->in, IN_BUF_SIZE);
+    c->in = NULL;
     c->in_start = c->in_end = 0;
-  else if (c->in_cap - c->in_end < 512 && c->in_start > 0) {
-    memmove(c->in, c->in + c->in_start, c->in_end - c->in_start);
-    c->in_end -= c->in_start;
-    c->in_start = 0;
   }
-  return c->in_cap - c->in_end;
+}
+
+void
+conn_in_free(struct conn *c)
+{
+  if (c->in)
+    bufpool_put(c->in, IN_BUF_SIZE);
+  c->in = NULL;
+  c->in_start = c->in_end = 0;
 }
 
 bool
 conn_in_reserve(struct conn *c, size_t n)
 {
-  if (n > IN_BUF_MAX)
+  if (n > IN_BUF_MAX || !in_acquire(c))
     return false;
-  if (c->in_start > 0 && c->in_cap - c->in_start < n) {
-    memmove(c->in, c->in + c->in_start, c->in_end - c->in_start);
-    c->in_end -= c->in_start;
-    c->in_start = 0;
-  }
-  if (c->in_cap < n) {
-    uint8_t *in = realloc(c->in, n);
-    if (!in)
-      return false;
-    c->in = in;
-    c->in_cap = n;
-  }
+  if (IN_BUF_SIZE - c->in_start < n)
+    in_compact(c);
   return true;
 }
 

@@ -1,6 +1,6 @@
 /* A client connection: a non-blocking socket on one reactor, an input
  * buffer the protocol phases parse from, and a queue of replies that are
- * written out together once per loop iteration. */
+ * written out together after each callback that queues them. */
 #ifndef NBDS_SERVER_CONNECTION_H
 #define NBDS_SERVER_CONNECTION_H
 
@@ -34,19 +34,21 @@ struct conn {
   struct ev_loop *loop;
   ev_io read_watcher;
   ev_io write_watcher;
-  ev_prepare flush_watcher;
+  ev_prepare flush_watcher;   /* never started, only fed: see conn_send */
   /* The handshake deadline, then the idle timeout (connection-limits.c). */
   ev_timer limit_timer;
   ev_tstamp last_active;      /* the last callback: for the idle timeout */
   char peer[80];
 
-  uint8_t *in;                /* bytes read, not yet parsed: in[start..end) */
-  size_t in_cap, in_start, in_end;
+  uint8_t *in;                /* bytes read, not yet parsed: in[start..end);
+                                 NULL while there are none */
+  size_t in_start, in_end;
   /* While set, socket bytes go straight to sink (a WRITE payload) or are
    * dropped (sink NULL), and sink_done runs when sink_left reaches 0. */
   uint8_t *sink;
   size_t sink_left;
   void (*sink_done)(struct conn *c);
+  bool large_payloads;        /* the last payload was read straight in */
 
   struct outmsg *out_head, **out_tail;
   size_t out_bytes;
@@ -81,11 +83,17 @@ static inline const uint8_t *conn_in_ptr(const struct conn *c)
 { return c->in + c->in_start; }
 static inline void conn_in_skip(struct conn *c, size_t n)
 { c->in_start += n; }
-/* Free space at the end of the input buffer for the next read (moving the
- * unparsed bytes to the front when little is left). */
-size_t conn_in_room(struct conn *c);
+#define IN_BUF_SIZE (128 * 1024)  /* the input buffer, from the pool */
+/* Take the input buffer if the connection has none, move the unparsed
+ * bytes to its front, and say how much the next read may add.  False when
+ * out of memory. */
+bool conn_in_room(struct conn *c, size_t *room);
+/* Give the input buffer back to the pool once all of it is parsed. */
+void conn_in_release(struct conn *c);
+/* Give it back whatever it holds (the connection is closing). */
+void conn_in_free(struct conn *c);
 /* Make room for a message of n bytes in the input buffer.  False if n is
- * above the buffer's limit. */
+ * above the buffer's limit (or out of memory). */
 bool conn_in_reserve(struct conn *c, size_t n);
 /* Read n bytes into dst (or drop them if dst is NULL), first from the
  * buffer, then straight from the socket; done runs when they are all in. */

@@ -148,7 +148,9 @@ submit_cb(struct ev_loop *loop, ev_prepare *w, int revents)
   struct nbds_reactor *r = w->data;
   ring_submit(r);
   /* Completions that arrived during submission (cached buffered reads
-   * complete inline) are picked up now rather than after a wake-up. */
+   * complete inline) are picked up now rather than after a wake-up.  The
+   * eventfd they signalled stays set: loops that run the reactor until a
+   * request completes (ev_run ONCE) count on it not to sleep. */
   ring_reap(r);
   ring_submit(r);
 }

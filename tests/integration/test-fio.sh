@@ -26,24 +26,27 @@ import json, sys
 print(json.load(open(sys.argv[1]))["jobs"][0][sys.argv[2]]["io_kbytes"])' "$1" "$2" 2>/dev/null
 }
 
+# fio_pass N WHAT FIO-ARGS...: one fio run (JSON in fioN.json) that must
+# succeed
+fio_pass() {
+    local n=$1 what=$2
+    shift 2
+    if with_timeout 120 fio "$@" --output="$SCRATCH/fio$n.json" >"$SCRATCH/fio$n.out" 2>&1; then
+        ok "$what"
+    else
+        sed 's/^/  fio: /' "$SCRATCH/fio$n.out" >&2
+        check_fail "$what: failed"
+    fi
+}
+
 # 1: write + verify in one run
-if with_timeout 120 fio --name=write "${job[@]}" --output="$SCRATCH/fio1.json" >"$SCRATCH/fio1.out" 2>&1; then
-    ok "fio randwrite + crc32c verify"
-else
-    sed 's/^/  fio: /' "$SCRATCH/fio1.out" >&2
-    check_fail "fio randwrite with verify failed"
-fi
+fio_pass 1 "fio randwrite + crc32c verify" --name=write "${job[@]}"
 # the verify phase reads back everything that was written
 expect_eq "$(fio_kb "$SCRATCH/fio1.json" write)" 65536 "fio wrote 64 MiB"
 expect_eq "$(fio_kb "$SCRATCH/fio1.json" read)" 65536 "fio verified (read back) 64 MiB"
 
 # 2: verify-only pass on a new connection: the data must still be there
-if with_timeout 120 fio --name=write "${job[@]}" --verify_only=1 --output="$SCRATCH/fio2.json" >"$SCRATCH/fio2.out" 2>&1; then
-    ok "fio verify-only pass"
-else
-    sed 's/^/  fio: /' "$SCRATCH/fio2.out" >&2
-    check_fail "fio verify-only pass failed"
-fi
+fio_pass 2 "fio verify-only pass" --name=write "${job[@]}" --verify_only=1
 expect_eq "$(fio_kb "$SCRATCH/fio2.json" read)" 65536 "verify-only pass read 64 MiB"
 
 stop_server_ok f
@@ -64,11 +67,23 @@ stop_server_ok g
 rm -f "$img"; truncate -s 64M "$img"
 start_server h -t --aio=threads --threads=3 "$img"
 job[1]="--uri=$(uri h)"
-if with_timeout 120 fio --name=write "${job[@]}" --output="$SCRATCH/fio4.json" >"$SCRATCH/fio4.out" 2>&1; then
-    ok "fio randwrite + verify with --aio=threads --threads=3"
-else
-    sed 's/^/  fio: /' "$SCRATCH/fio4.out" >&2
-    check_fail "fio randwrite with verify failed under --aio=threads"
-fi
+fio_pass 4 "fio randwrite + verify with --aio=threads --threads=3" \
+    --name=write "${job[@]}"
 stop_server_ok h
+
+# 5: the benchmark's other settings (tests/bench/run.sh): 1 MiB sequential
+# writes at iodepth 32 (payloads larger than the input buffer), and 4k
+# random writes over 4 connections at once (multi-conn; each job verifies
+# its own 16 MiB).
+start_server m -t -e 0 "$img"
+bench=(--ioengine=nbd "--uri=$(uri m)" --iodepth=32 --verify=crc32c
+       --verify_fatal=1 --group_reporting --output-format=json)
+fio_pass 5 "fio 1M sequential write + verify at iodepth 32" \
+    --name=seq "${bench[@]}" --rw=write --bs=1M --size=64M
+expect_eq "$(fio_kb "$SCRATCH/fio5.json" read)" 65536 "1M pass verified 64 MiB"
+fio_pass 6 "fio 4k randwrite + verify over 4 connections" \
+    --name=mc "${bench[@]}" --rw=randwrite --bs=4k --numjobs=4 --size=16M \
+    --offset_increment=16M
+expect_eq "$(fio_kb "$SCRATCH/fio6.json" read)" 65536 "4 connections verified 64 MiB"
+stop_server_ok m
 finish
