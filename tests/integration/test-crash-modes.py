@@ -24,14 +24,10 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Test, skip  # noqa: E402
+from harness import Test, libnbd  # noqa: E402
 from crashload import Workload, check_survivors  # noqa: E402
 
-sys.path.insert(0, "/usr/lib/python3/dist-packages")
-try:
-    import nbd  # noqa: E402,F401 (needed by Server.client)
-except ImportError:
-    skip("python3-libnbd missing")
+libnbd()  # Server.client needs it
 
 M = 1 << 20
 SIZE = 32 * M

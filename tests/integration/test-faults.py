@@ -23,14 +23,10 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Test, skip, NBDSTACK, SERVER_KIND  # noqa: E402
+from harness import Test, skip, NBDSTACK, SERVER_KIND, libnbd  # noqa: E402
 from nbdpeers import nbd_errno  # noqa: E402
 
-sys.path.insert(0, "/usr/lib/python3/dist-packages")
-try:
-    import nbd  # noqa: E402
-except ImportError:
-    skip("python3-libnbd missing")
+nbd = libnbd()
 if SERVER_KIND != "nbdstack":
     skip("--inject-error is an nbdstack testing option")
 

@@ -20,14 +20,10 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Test, skip  # noqa: E402
+from harness import Test, skip, libnbd  # noqa: E402
 from nbdpeers import nbd_errno  # noqa: E402
 
-sys.path.insert(0, "/usr/lib/python3/dist-packages")
-try:
-    import nbd  # noqa: E402,F401 (needed by Server.client)
-except ImportError:
-    skip("python3-libnbd missing")
+libnbd()  # Server.client needs it
 
 K = 1024
 M = K * K

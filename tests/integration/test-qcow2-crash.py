@@ -34,15 +34,10 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Test  # noqa: E402
+from harness import Test, libnbd  # noqa: E402
 from crashload import Workload, check_survivors  # noqa: E402
 
-sys.path.insert(0, "/usr/lib/python3/dist-packages")
-try:
-    import nbd  # noqa: E402
-except ImportError:
-    from harness import skip
-    skip("python3-libnbd missing")
+nbd = libnbd()
 
 M = 1 << 20
 SIZE = 64 * M

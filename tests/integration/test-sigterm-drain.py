@@ -18,14 +18,10 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Test, skip  # noqa: E402
+from harness import Test, libnbd  # noqa: E402
 import nbdprobe as P  # noqa: E402
 
-sys.path.insert(0, "/usr/lib/python3/dist-packages")
-try:
-    import nbd  # noqa: E402
-except ImportError:
-    skip("python3-libnbd missing")
+nbd = libnbd()
 
 K = 1024
 M = K * K
