@@ -247,33 +247,112 @@ qcow2_map_cached(struct qcow2 *q, uint64_t off, uint64_t max,
   return map_in_table(q, t, off, max, m);
 }
 
+/* A writable image must count every cluster an entry uses, or the
+ * allocator could hand it out again while the entry still uses it: two
+ * guest clusters would share one host cluster.  A cluster past everything
+ * the image holds (a truncated or hostile image) or with refcount 0 is
+ * what qemu-img check calls an error: the image is marked corrupt, so
+ * nothing more is written.  Returns an error only when a refcount cannot
+ * be read. */
+static int
+check_counted(struct qcow2 *q, uint64_t off, uint64_t bytes,
+              const char *what, uint64_t entry)
+{
+  uint64_t last = (off + bytes - 1) >> q->cluster_bits;
+  if (last >= q->end) {
+    qcow2_corrupt(q, "%s %#" PRIx64 " points past the end of the image "
+                  "file", what, entry);
+    return 0;
+  }
+  for (uint64_t c = off >> q->cluster_bits; c <= last; c++) {
+    uint64_t v;
+    int err = qcow2_refcount_get(q, c, &v);
+    if (err)
+      return err;
+    if (v == 0) {
+      qcow2_corrupt(q, "cluster %#" PRIx64 " is in use (%s %#" PRIx64 ") "
+                    "but its refcount is 0", c << q->cluster_bits, what,
+                    entry);
+      return 0;
+    }
+  }
+  return 0;
+}
+
+/* A COPIED entry promises the cluster is ours alone (refcount 1), so
+ * writes go in place.  When the refcount says it is shared, the flag is
+ * wrong (an interrupted snapshot creation can leave it so): it is dropped
+ * from the cached table, so that a write copies the cluster as it should.
+ * The table is not marked dirty; if it is written back for another reason
+ * the flag goes with it, as qemu-img check -r would fix it. */
+static int
+check_copied(struct qcow2 *q, struct qcow2_table *t, uint64_t i,
+             uint64_t entry, uint64_t bitmap)
+{
+  uint64_t v;
+  int err = qcow2_refcount_get(q, (entry & QCOW2_OFFSET_MASK) >>
+                               q->cluster_bits, &v);
+  if (err || v <= 1)
+    return err;
+  pthread_mutex_lock(&q->lock);
+  uint8_t *p = t->data + i * q->l2_entry_size;
+  qcow2_put_be64(p, entry & ~QCOW2_COPIED);
+  if (q->h.extended_l2)
+    qcow2_put_be64(p + 8, bitmap);
+  pthread_mutex_unlock(&q->lock);
+  return 0;
+}
+
+/* The refcount checks of one entry of a freshly read table. */
+static int
+check_entry(struct qcow2 *q, struct qcow2_table *t, uint64_t i)
+{
+  uint64_t bitmap;
+  uint64_t e = qcow2_l2_get(q, t, i, &bitmap);
+  if (e & QCOW2_COMPRESSED) {
+    uint64_t host, bytes;
+    qcow2_compressed_range(&q->h, e, &host, &bytes);
+    return check_counted(q, host, bytes, "L2 entry", e);
+  }
+  uint64_t host = e & QCOW2_OFFSET_MASK;
+  if (!host)
+    return 0;
+  int err = check_counted(q, host, q->cluster_size, "L2 entry", e);
+  if (!err && (e & QCOW2_COPIED) && !atomic_load(&q->corrupt))
+    err = check_copied(q, t, i, e, bitmap);
+  return err;
+}
+
 /* A freshly read L2 table: entries pointing at the header or a table this
  * layer knows keep the fast path away (the metadata thread then refuses
- * them with a clear error).  An entry past everything the image holds (a
- * truncated or hostile image; qemu-img check calls it an error) reads as
- * zeroes, but its cluster has no honest refcount, so the allocator could
- * hand it out again: a writable image is marked corrupt instead. */
-static void
+ * them with a clear error), and on a writable image the refcounts must
+ * agree with the entries (above).  An error means the table could not be
+ * vetted: the caller drops it. */
+static int
 vet_table(struct qcow2 *q, struct qcow2_table *t)
 {
   uint64_t n = UINT64_C(1) << q->l2_bits;
+  if (!q->readonly && !atomic_load(&q->corrupt)) {
+    int err = check_counted(q, t->offset, q->cluster_size, "L2 table",
+                            t->offset);
+    if (err)
+      return err;
+  }
   for (uint64_t i = 0; i < n; i++) {
+    if (!q->readonly && !atomic_load(&q->corrupt)) {
+      int err = check_entry(q, t, i);
+      if (err)
+        return err;
+    }
     uint64_t bitmap;
     uint64_t e = qcow2_l2_get(q, t, i, &bitmap);
     if ((e & QCOW2_COMPRESSED) || !(e & QCOW2_OFFSET_MASK))
       continue;
-    if ((e & QCOW2_OFFSET_MASK) >> q->cluster_bits >= q->end &&
-        !q->readonly && !atomic_load(&q->corrupt)) {
-      qcow2_corrupt(q, "L2 entry %#" PRIx64 " points past the end of the "
-                    "image file", e);
+    if (!t->suspect && qcow2_overlaps_data_target(q, e & QCOW2_OFFSET_MASK,
+                                                  q->cluster_size))
       t->suspect = true;
-    }
-    if (qcow2_overlaps_data_target(q, e & QCOW2_OFFSET_MASK,
-                                   q->cluster_size)) {
-      t->suspect = true;
-      return;
-    }
   }
+  return 0;
 }
 
 static int
@@ -288,7 +367,11 @@ get_table(struct qcow2 *q, uint64_t l2, struct qcow2_table **t)
   int err = qcow2_cache_get(q, &q->l2, l2, t);
   if (!err && !cached) {
     (*t)->suspect = false;
-    vet_table(q, *t);
+    if ((err = vet_table(q, *t))) {
+      pthread_mutex_lock(&q->lock);
+      qcow2_cache_drop(&q->l2, l2);
+      pthread_mutex_unlock(&q->lock);
+    }
   }
   return err;
 }
@@ -332,8 +415,20 @@ qcow2_l2_for_write(struct qcow2 *q, uint64_t off, struct qcow2_table **t,
   if (bad || l1i >= q->l1_entries)
     return qcow2_corrupt(q, "L1 entry %" PRIu64 " is invalid", l1i);
   uint64_t l1e = qcow2_l1_get(q, l1i);
-  if (l2 && (l1e & QCOW2_COPIED))
-    return get_table(q, l2, t);
+  if (l2 && (l1e & QCOW2_COPIED)) {
+    /* In place only if the table is really ours alone: a COPIED flag
+     * that its refcount contradicts is treated as absent (see
+     * check_copied). */
+    uint64_t refs;
+    int err = qcow2_refcount_get(q, l2 >> q->cluster_bits, &refs);
+    if (err)
+      return err;
+    if (refs <= 1) {
+      err = get_table(q, l2, t);
+      /* Loading the table may have found the image corrupt. */
+      return !err && atomic_load(&q->corrupt) ? EIO : err;
+    }
+  }
 
   /* Missing, or shared with a snapshot: a new table of our own. */
   uint8_t *copy = NULL;

@@ -279,6 +279,8 @@ int
 qcow2_alloc_clusters(struct qcow2 *q, uint64_t n, uint64_t *offset,
                      bool *zeroed)
 {
+  if (atomic_load(&q->corrupt))
+    return EIO;  /* nothing more is allocated in a corrupt image */
   uint64_t old_end = q->end;
   uint64_t start = UINT64_MAX, run = 0, first_free = UINT64_MAX;
   for (uint64_t c = q->free_hint; c < q->end; c++) {

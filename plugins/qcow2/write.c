@@ -195,8 +195,6 @@ write_in_cluster(struct qcow2 *q, struct nbds_req *req, uint64_t req_off,
 int
 qcow2_do_write(struct qcow2 *q, struct nbds_req *req)
 {
-  if (atomic_load(&q->corrupt))
-    return EIO;  /* as QEMU: nothing more is written to a corrupt image */
   uint64_t done = 0;
   int err = 0;
   while (done < req->count && !err) {
@@ -204,6 +202,10 @@ qcow2_do_write(struct qcow2 *q, struct nbds_req *req)
     uint64_t left = req->count - done;
     struct qcow2_map m;
     err = qcow2_map(q, guest, left, &m);
+    /* As QEMU: nothing more is written to a corrupt image, and the
+     * lookup itself may have found it corrupt. */
+    if (!err && atomic_load(&q->corrupt))
+      err = EIO;
     if (err)
       break;
     if (m.type == QCOW2_NORMAL && m.copied) {

@@ -10,6 +10,10 @@
 # crash; in a read-write export a write that would hit the damage (or
 # overwrite metadata) fails, metadata is not overwritten, and the image is
 # marked corrupt (incompatible bit 0x2) as QEMU does.
+# Refcounts that contradict the entries (E7, E8): an in-use cluster with
+# refcount 0 marks the image corrupt before the allocator can hand it out,
+# a COPIED flag on a shared cluster is not trusted; QEMU trusts both and
+# loses data (known divergences).
 # Known divergence: after a fatal corruption event in a read-write export
 # QEMU makes the whole image unusable (every later request fails with
 # EINVAL); nbdstack keeps serving requests that do not touch the damage.
@@ -169,5 +173,51 @@ if dut e6 -t e6.qcow2; then
 fi
 expect_true "L2 entry beyond EOF: file not grown to the bogus offset ($(stat -c %s e6.qcow2) bytes)" \
     [ "$(stat -c %s e6.qcow2)" -lt $((1 << 40)) ]
+
+# E7: a data cluster in use (guest 0 at 0x50000) whose refcount is 0.  The
+# allocator would hand 0x50000 out for the next new cluster, and guest 0
+# would then read another cluster's data: the write is refused instead,
+# and the image marked corrupt, before anything is allocated.
+cp good.qcow2 e7.qcow2
+poke e7.qcow2 $((0x2000a)) 0000   # 16-bit refcount of cluster 5
+data_sum() { dd if="$1" bs=64k skip=5 count=1 status=none | sha256sum; }
+before=$(data_sum e7.qcow2)
+if dut e7 -t e7.qcow2; then
+    OPS_OUT=$(nbdops e7 "w 2097152 65536" "r 0 4096" "f")
+    known_divergence qemu-nbd "QEMU allocates the in-use cluster"
+    op_is "w 2097152 65536" "$BADIO" "in-use cluster with refcount 0: a write that would allocate is refused"
+    op_is "r 0 4096" ok "in-use cluster with refcount 0: the cluster still reads"
+    alive_then_stop e7 "in-use cluster with refcount 0"
+fi
+known_divergence qemu-nbd "QEMU allocates the in-use cluster"
+expect_eq "$(data_sum e7.qcow2)" "$before" "in-use cluster with refcount 0: its data was not overwritten"
+known_divergence qemu-nbd "QEMU does not look at the refcounts of clusters in use"
+expect_eq "$(($(incompat_bits e7.qcow2) & 2))" 2 "in-use cluster with refcount 0: image marked corrupt"
+
+# E8: an internal snapshot whose creation left the COPIED flags set
+# (refcounts 2, the flags of the active L1 and L2 entries not yet
+# cleared).  A write must copy the shared L2 table and data cluster, not
+# change them in place: the snapshot keeps its data.
+cp good.qcow2 e8.qcow2
+qemu-img snapshot -c s1 e8.qcow2 || fail "qemu-img snapshot -c"
+expect_eq "$(peek_hex e8.qcow2 $((0x30000)))" 0x0000000000040000 "image check: snapshot cleared COPIED in L1[0]"
+expect_eq "$(peek_hex e8.qcow2 $((0x40000)))" 0x0000000000050000 "image check: snapshot cleared COPIED in L2[0]"
+poke e8.qcow2 $((0x30000)) 8000000000040000
+poke e8.qcow2 $((0x40000)) 8000000000050000
+if dut e8 -t e8.qcow2; then
+    OPS_OUT=$(nbdops e8 "w 0 4096" "f")
+    op_is "w 0 4096" ok "COPIED flags contradicting refcount 2: write"
+    op_is "f" ok "COPIED flags contradicting refcount 2: flush"
+    alive_then_stop e8 "COPIED flags contradicting refcount 2"
+fi
+QIO_RO=1 qio_run "COPIED flags contradicting refcount 2: the write landed" \
+    qcow2 e8.qcow2 "read -P 0x5a 0 4k" "read -P 0x11 4k 124k" &&
+    ok "COPIED flags contradicting refcount 2: the write landed"
+qemu-img convert -f qcow2 -O raw -l snapshot.name=s1 e8.qcow2 e8-s1.raw ||
+    check_fail "qemu-img convert -l s1"
+known_divergence qemu-nbd "QEMU trusts the COPIED flag and writes in place"
+expect_eq "$(head -c 128k e8-s1.raw | sha256sum)" \
+    "$(head -c 128k /dev/zero | tr '\0' '\021' | sha256sum)" \
+    "COPIED flags contradicting refcount 2: the snapshot kept its data (sha256 of 0x11 x 128k)"
 
 finish
