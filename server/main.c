@@ -146,6 +146,7 @@ main(int argc, char **argv)
   server_config.shared = o.shared;
   server_config.persistent = o.persistent;
   server_config.handshake_timeout = o.handshake_timeout;
+  server_config.busy_poll = o.busy_poll;
   server_config.idle_timeout = o.idle_timeout;
 
   /* Reactor 0 first: opening layers may use the calling reactor. */

@@ -19,6 +19,7 @@ enum {
   OPT_FORK,
   OPT_PID_FILE,
   OPT_THREADS,
+  OPT_BUSY_POLL,
   OPT_BLOCK_CACHE,
   OPT_BLOCK_CACHE_BLOCK,
   OPT_BLOCK_CACHE_READ_MISS,
@@ -75,6 +76,7 @@ static const struct option long_opts[] = {
   { "fork", no_argument, NULL, OPT_FORK },
   { "pid-file", required_argument, NULL, OPT_PID_FILE },
   { "threads", required_argument, NULL, OPT_THREADS },
+  { "busy-poll", required_argument, NULL, OPT_BUSY_POLL },
   { "single", no_argument, NULL, OPT_SINGLE },
   { "log", required_argument, NULL, OPT_LOG },
   { "metrics", required_argument, NULL, OPT_METRICS },
@@ -141,6 +143,10 @@ usage(void)
 "      --fork                run in the background once ready to serve\n"
 "      --pid-file=PATH       write the process ID to PATH once listening\n"
 "      --threads=N           reactor threads (default: one per CPU)\n"
+"      --busy-poll=USEC      after handling a request, poll for up to USEC\n"
+"                            microseconds before sleeping (default 100,\n"
+"                            0 = sleep at once): lower latency for clients\n"
+"                            that send one request at a time, for CPU time\n"
 "      --single              serve one client already connected on stdin/\n"
 "                            stdout (one socket, as libnbd's\n"
 "                            nbd_connect_command gives), then exit; nbdkit\n"
@@ -388,6 +394,11 @@ options_set(struct options *o, const char *key, const char *value)
     if (!parse_u64(value, &v) || v < 1 || v > 1024)
       return value_error("invalid thread count '%s'", value);
     o->threads = v;
+  } else if (strcmp(key, "busy-poll") == 0) {
+    if (!parse_u64(value, &v) || v > 1000000)
+      return value_error("invalid busy-poll time '%s' (microseconds, at "
+                         "most 1000000)", value);
+    o->busy_poll = (unsigned) v;
   } else if (strcmp(key, "aio") == 0) {
     if (strcmp(value, "io_uring") == 0)
       o->aio = AIO_IO_URING;
@@ -470,6 +481,7 @@ defaults(struct options *o)
   memset(o, 0, sizeof *o);
   o->shared = 1;
   o->handshake_timeout = 10;  /* as qemu-nbd since CVE-2024-7409 */
+  o->busy_poll = 100;
   o->ex.name = "";
 }
 

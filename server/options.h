@@ -32,6 +32,7 @@ struct options {
   bool single;               /* --single: one client on stdin/stdout */
   bool log_syslog;           /* --log=syslog */
   unsigned threads;          /* 0: one per CPU */
+  unsigned busy_poll;        /* microseconds (default 100), 0: none */
   unsigned handshake_timeout;  /* seconds, 0: none (default 10) */
   unsigned idle_timeout;     /* seconds, 0: none (the default) */
   struct tls_config tls;     /* --tls*, or --object tls-creds-* --tls-creds */

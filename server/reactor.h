@@ -16,6 +16,9 @@ struct nbds_reactor;
  * if the kernel refuses one. */
 struct nbds_reactor *reactor_create(int index, bool want_uring);
 void reactor_start(struct nbds_reactor *r);
+/* Keep polling for up to usec microseconds after handling an event before
+ * the loop sleeps (0: sleep at once, the default).  Before reactor_start. */
+void reactor_set_poll(struct nbds_reactor *r, unsigned usec);
 /* Ask a reactor's loop to return, then wait for its thread. */
 void reactor_stop(struct nbds_reactor *r);
 void reactor_destroy(struct nbds_reactor *r);

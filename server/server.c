@@ -164,6 +164,7 @@ server_init(bool want_uring)
     reactors[i] = reactor_create(i, want_uring);
     if (!reactors[i])
       return false;
+    reactor_set_poll(reactors[i], server_config.busy_poll);
     nreactors++;
   }
   return true;

@@ -8,6 +8,7 @@ struct export;
 
 struct server_config {
   unsigned threads;        /* reactors */
+  unsigned busy_poll;      /* microseconds a reactor polls before sleeping */
   unsigned shared;         /* -e: most clients at once, 0 = no limit */
   bool persistent;         /* -t */
   bool single;             /* --single: serve single_fd, exit after it */

@@ -53,6 +53,7 @@ good = write_config("good.conf", """\
 [server]
 socket = %s      ; the command line's -k overrides it
 threads = 2
+busy-poll = 50
 
 [raw]
 file = raw.img
@@ -189,6 +190,8 @@ refused("bad-size", "[a]\nfile = raw.img\nblock-cache = 12Q\n", 3,
         "'12Q' is not a size", "block-cache")
 refused("bad-number", "[server]\nport = 99999\n[a]\nfile = raw.img\n", 2,
         "invalid port '99999'", "port")
+refused("bad-busy-poll", "[server]\nbusy-poll = 2000000\n[a]\nfile = raw.img\n", 2,
+        "invalid busy-poll time '2000000'", "busy-poll")
 refused("bad-offset", "[a]\nfile = raw.img\noffset = -1\n", 3,
         "'-1' is not an offset", "offset")
 refused("bad-cache", "[a]\nfile = raw.img\ncache = fast\n", 3,
