@@ -76,43 +76,69 @@ overlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
   return a < b + blen && b < a + alen;
 }
 
-static int
-cmp_u64(const void *a, const void *b)
+int
+qcow2_cmp_u64(const void *a, const void *b)
 {
   uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
   return x < y ? -1 : x > y;
 }
 
-/* Refcount blocks, by binary search in a sorted copy of their offsets
- * (rebuilt when a block is added): a linear walk of the refcount table
- * for each entry of each L2 table would be too slow. */
-static bool
-overlaps_refblock(struct qcow2 *q, uint64_t off, uint64_t len)
+/* The first of the sorted offsets v[0..n) of span-byte pieces that ends
+ * after off. */
+static size_t
+first_ending_after(const uint64_t *v, size_t n, uint64_t span, uint64_t off)
 {
-  if (q->refblock_index_stale) {
-    uint64_t *v = realloc(q->refblock_index,
-                          (q->reftable_entries + 1) * sizeof *v);
-    if (!v)
-      return true;  /* cannot tell: refuse */
-    size_t n = 0;
-    for (uint64_t i = 0; i < q->reftable_entries; i++)
-      if (q->reftable[i])
-        v[n++] = q->reftable[i] & ~QCOW2_REFT_RESERVED;
-    qsort(v, n, sizeof *v, cmp_u64);
-    q->refblock_index = v;
-    q->nrefblock_index = n;
-    q->refblock_index_stale = false;
-  }
-  /* The first block that ends after off. */
-  size_t lo = 0, hi = q->nrefblock_index;
+  size_t lo = 0, hi = n;
   while (lo < hi) {
     size_t mid = lo + (hi - lo) / 2;
-    if (q->refblock_index[mid] + q->cluster_size <= off)
+    if (v[mid] + span <= off)
       lo = mid + 1;
     else
       hi = mid;
   }
-  return lo < q->nrefblock_index && q->refblock_index[lo] < off + len;
+  return lo;
+}
+
+/* Does a piece of sorted v[0..n) overlap [off, off+len)? */
+static bool
+sorted_overlap(const uint64_t *v, size_t n, uint64_t span, uint64_t off,
+               uint64_t len)
+{
+  size_t i = first_ending_after(v, n, span, off);
+  return i < n && v[i] < off + len;
+}
+
+/* Refcount blocks are found by binary search in a sorted copy of their
+ * offsets (rebuilt when a block is added): a linear walk of the refcount
+ * table for each entry of each L2 table would be too slow.  False when
+ * out of memory. */
+static bool
+refblock_index_fresh(struct qcow2 *q)
+{
+  if (!q->refblock_index_stale)
+    return true;
+  uint64_t *v = realloc(q->refblock_index,
+                        (q->reftable_entries + 1) * sizeof *v);
+  if (!v)
+    return false;
+  size_t n = 0;
+  for (uint64_t i = 0; i < q->reftable_entries; i++)
+    if (q->reftable[i])
+      v[n++] = q->reftable[i] & ~QCOW2_REFT_RESERVED;
+  qsort(v, n, sizeof *v, qcow2_cmp_u64);
+  q->refblock_index = v;
+  q->nrefblock_index = n;
+  q->refblock_index_stale = false;
+  return true;
+}
+
+static bool
+overlaps_refblock(struct qcow2 *q, uint64_t off, uint64_t len)
+{
+  if (!refblock_index_fresh(q))
+    return true;  /* cannot tell: refuse */
+  return sorted_overlap(q->refblock_index, q->nrefblock_index,
+                        q->cluster_size, off, len);
 }
 
 bool
@@ -143,6 +169,34 @@ qcow2_overlaps_data_target(struct qcow2 *q, uint64_t off, uint64_t len)
   for (uint64_t c = qcow2_cluster_start(q, off); c < off + len && !hit;
        c += q->cluster_size)
     hit = qcow2_cache_find(&q->l2, c) != NULL;
+  pthread_mutex_unlock(&q->lock);
+  return hit;
+}
+
+bool
+qcow2_any_data_target(struct qcow2 *q, const uint64_t *hosts, size_t n)
+{
+  uint64_t cs = q->cluster_size;
+  if (sorted_overlap(hosts, n, cs, 0, cs) ||
+      sorted_overlap(hosts, n, cs, q->l1_offset, q->l1_bytes))
+    return true;
+  if (q->h.nb_snapshots &&
+      sorted_overlap(hosts, n, cs, q->h.snapshots_offset, cs))
+    return true;
+  if (q->reftable) {
+    if (sorted_overlap(hosts, n, cs, q->reftable_offset,
+                       q->reftable_entries * 8) ||
+        !refblock_index_fresh(q))
+      return true;
+    for (size_t i = 0; i < q->nrefblock_index; i++)
+      if (sorted_overlap(hosts, n, cs, q->refblock_index[i], cs))
+        return true;
+  }
+  bool hit = false;
+  pthread_mutex_lock(&q->lock);
+  for (size_t i = 0; i < q->l2.nslots && !hit; i++)
+    hit = q->l2.slots[i].offset &&
+          sorted_overlap(hosts, n, cs, q->l2.slots[i].offset, cs);
   pthread_mutex_unlock(&q->lock);
   return hit;
 }
@@ -247,116 +301,13 @@ qcow2_map_cached(struct qcow2 *q, uint64_t off, uint64_t max,
   return map_in_table(q, t, off, max, m);
 }
 
-/* A writable image must count every cluster an entry uses, or the
- * allocator could hand it out again while the entry still uses it: two
- * guest clusters would share one host cluster.  A cluster past everything
- * the image holds (a truncated or hostile image) or with refcount 0 is
- * what qemu-img check calls an error: the image is marked corrupt, so
- * nothing more is written.  Returns an error only when a refcount cannot
- * be read. */
+/* The L2 table at l2, L1 entry l1i's.  A table is vetted (vet.c) the
+ * first time it is read; what that found about it stays true while the
+ * image is open (only this layer changes it, and a writable image whose
+ * entries use a cluster the allocator could hand out is corrupt), so a
+ * table read again after eviction is not vetted again. */
 static int
-check_counted(struct qcow2 *q, uint64_t off, uint64_t bytes,
-              const char *what, uint64_t entry)
-{
-  uint64_t last = (off + bytes - 1) >> q->cluster_bits;
-  if (last >= q->end) {
-    qcow2_corrupt(q, "%s %#" PRIx64 " points past the end of the image "
-                  "file", what, entry);
-    return 0;
-  }
-  for (uint64_t c = off >> q->cluster_bits; c <= last; c++) {
-    uint64_t v;
-    int err = qcow2_refcount_get(q, c, &v);
-    if (err)
-      return err;
-    if (v == 0) {
-      qcow2_corrupt(q, "cluster %#" PRIx64 " is in use (%s %#" PRIx64 ") "
-                    "but its refcount is 0", c << q->cluster_bits, what,
-                    entry);
-      return 0;
-    }
-  }
-  return 0;
-}
-
-/* A COPIED entry promises the cluster is ours alone (refcount 1), so
- * writes go in place.  When the refcount says it is shared, the flag is
- * wrong (an interrupted snapshot creation can leave it so): it is dropped
- * from the cached table, so that a write copies the cluster as it should.
- * The table is not marked dirty; if it is written back for another reason
- * the flag goes with it, as qemu-img check -r would fix it. */
-static int
-check_copied(struct qcow2 *q, struct qcow2_table *t, uint64_t i,
-             uint64_t entry, uint64_t bitmap)
-{
-  uint64_t v;
-  int err = qcow2_refcount_get(q, (entry & QCOW2_OFFSET_MASK) >>
-                               q->cluster_bits, &v);
-  if (err || v <= 1)
-    return err;
-  pthread_mutex_lock(&q->lock);
-  uint8_t *p = t->data + i * q->l2_entry_size;
-  qcow2_put_be64(p, entry & ~QCOW2_COPIED);
-  if (q->h.extended_l2)
-    qcow2_put_be64(p + 8, bitmap);
-  pthread_mutex_unlock(&q->lock);
-  return 0;
-}
-
-/* The refcount checks of one entry of a freshly read table. */
-static int
-check_entry(struct qcow2 *q, struct qcow2_table *t, uint64_t i)
-{
-  uint64_t bitmap;
-  uint64_t e = qcow2_l2_get(q, t, i, &bitmap);
-  if (e & QCOW2_COMPRESSED) {
-    uint64_t host, bytes;
-    qcow2_compressed_range(&q->h, e, &host, &bytes);
-    return check_counted(q, host, bytes, "L2 entry", e);
-  }
-  uint64_t host = e & QCOW2_OFFSET_MASK;
-  if (!host)
-    return 0;
-  int err = check_counted(q, host, q->cluster_size, "L2 entry", e);
-  if (!err && (e & QCOW2_COPIED) && !atomic_load(&q->corrupt))
-    err = check_copied(q, t, i, e, bitmap);
-  return err;
-}
-
-/* A freshly read L2 table: entries pointing at the header or a table this
- * layer knows keep the fast path away (the metadata thread then refuses
- * them with a clear error), and on a writable image the refcounts must
- * agree with the entries (above).  An error means the table could not be
- * vetted: the caller drops it. */
-static int
-vet_table(struct qcow2 *q, struct qcow2_table *t)
-{
-  uint64_t n = UINT64_C(1) << q->l2_bits;
-  if (!q->readonly && !atomic_load(&q->corrupt)) {
-    int err = check_counted(q, t->offset, q->cluster_size, "L2 table",
-                            t->offset);
-    if (err)
-      return err;
-  }
-  for (uint64_t i = 0; i < n; i++) {
-    if (!q->readonly && !atomic_load(&q->corrupt)) {
-      int err = check_entry(q, t, i);
-      if (err)
-        return err;
-    }
-    uint64_t bitmap;
-    uint64_t e = qcow2_l2_get(q, t, i, &bitmap);
-    if ((e & QCOW2_COMPRESSED) || !(e & QCOW2_OFFSET_MASK))
-      continue;
-    if (!t->suspect && qcow2_overlaps_data_target(q, e & QCOW2_OFFSET_MASK,
-                                                  q->cluster_size))
-      t->suspect = true;
-  }
-  return 0;
-}
-
-static int
-get_table(struct qcow2 *q, uint64_t l2, struct qcow2_table **t)
+get_table(struct qcow2 *q, uint64_t l1i, uint64_t l2, struct qcow2_table **t)
 {
   pthread_mutex_lock(&q->lock);
   bool cached = qcow2_cache_find(&q->l2, l2) != NULL;
@@ -366,12 +317,15 @@ get_table(struct qcow2 *q, uint64_t l2, struct qcow2_table **t)
     return qcow2_corrupt(q, "L2 table offset %#" PRIx64 " is invalid", l2);
   int err = qcow2_cache_get(q, &q->l2, l2, t);
   if (!err && !cached) {
-    (*t)->suspect = false;
-    if ((err = vet_table(q, *t))) {
+    uint8_t *vetted = &q->l2_vetted[l1i];
+    if (*vetted & QCOW2_L2_VETTED)
+      (*t)->suspect = (*vetted & QCOW2_L2_SUSPECT) != 0;
+    else if ((err = qcow2_vet_table(q, *t))) {
       pthread_mutex_lock(&q->lock);
       qcow2_cache_drop(&q->l2, l2);
       pthread_mutex_unlock(&q->lock);
-    }
+    } else
+      *vetted = QCOW2_L2_VETTED | ((*t)->suspect ? QCOW2_L2_SUSPECT : 0);
   }
   return err;
 }
@@ -391,7 +345,7 @@ qcow2_map(struct qcow2 *q, uint64_t off, uint64_t max, struct qcow2_map *m)
                          off);
   struct qcow2_table *t = NULL;
   if (l2) {
-    int err = get_table(q, l2, &t);
+    int err = get_table(q, off >> (q->cluster_bits + q->l2_bits), l2, &t);
     if (err)
       return err;
   }
@@ -417,14 +371,13 @@ qcow2_l2_for_write(struct qcow2 *q, uint64_t off, struct qcow2_table **t,
   uint64_t l1e = qcow2_l1_get(q, l1i);
   if (l2 && (l1e & QCOW2_COPIED)) {
     /* In place only if the table is really ours alone: a COPIED flag
-     * that its refcount contradicts is treated as absent (see
-     * check_copied). */
+     * that its refcount contradicts is treated as absent (see vet.c). */
     uint64_t refs;
     int err = qcow2_refcount_get(q, l2 >> q->cluster_bits, &refs);
     if (err)
       return err;
     if (refs <= 1) {
-      err = get_table(q, l2, t);
+      err = get_table(q, l1i, l2, t);
       /* Loading the table may have found the image corrupt. */
       return !err && atomic_load(&q->corrupt) ? EIO : err;
     }
@@ -434,7 +387,7 @@ qcow2_l2_for_write(struct qcow2 *q, uint64_t off, struct qcow2_table **t,
   uint8_t *copy = NULL;
   if (l2) {
     struct qcow2_table *old;
-    int err = get_table(q, l2, &old);
+    int err = get_table(q, l1i, l2, &old);
     if (err)
       return err;
     copy = malloc(q->cluster_size);

@@ -64,7 +64,8 @@ load_l1(struct qcow2 *q, uint64_t offset, uint64_t entries)
     q->l1_bytes = q->cluster_size;
   q->l1 = calloc(1, q->l1_bytes);
   q->l1_dirty = calloc((q->l1_bytes + 4095) / 4096, 1);
-  if (!q->l1 || !q->l1_dirty) {
+  q->l2_vetted = calloc(entries ? entries : 1, 1);
+  if (!q->l1 || !q->l1_dirty || !q->l2_vetted) {
     nbds_error("qcow2: out of memory for the L1 table");
     return -1;
   }

@@ -132,6 +132,7 @@ release(struct qcow2 *q)
   qcow2_header_free(&q->h);
   free(q->l1);
   free(q->l1_dirty);
+  free(q->l2_vetted);
   pthread_mutex_destroy(&q->lock);
   pthread_mutex_destroy(&q->qlock);
   pthread_cond_destroy(&q->qcond);

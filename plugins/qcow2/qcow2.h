@@ -99,6 +99,7 @@ struct qcow2 {
   uint64_t l1_offset;
   uint64_t l1_bytes;           /* allocated, whole clusters */
   uint8_t *l1_dirty;           /* one byte per 4 KiB page */
+  uint8_t *l2_vetted;          /* one byte per L1 entry: QCOW2_L2_* */
   struct qcow2_cache l2;
   atomic_uint fast_inflight;   /* fast-path I/O not yet completed */
 
@@ -179,6 +180,16 @@ void qcow2_cache_drop(struct qcow2_cache *c, uint64_t offset);
 /* ---- refcount.c (metadata thread) ---- */
 int qcow2_refcount_load(struct qcow2 *q);
 int qcow2_refcount_get(struct qcow2 *q, uint64_t cluster, uint64_t *value);
+/* The same for clusters looked up in ascending order: c remembers the
+ * refcount block of the last one (start with {0}).  Valid only while no
+ * other refcount call comes in between. */
+struct qcow2_refcount_cursor {
+  bool valid;
+  uint64_t range;
+  struct qcow2_table *t;
+};
+int qcow2_refcount_get_next(struct qcow2 *q, struct qcow2_refcount_cursor *c,
+                            uint64_t cluster, uint64_t *value);
 int qcow2_refcount_set(struct qcow2 *q, uint64_t cluster, uint64_t value);
 /* Allocate n contiguous clusters with refcount 1; *offset is the host
  * offset of the first.  *zeroed (if not NULL) tells whether they were
@@ -239,6 +250,21 @@ int qcow2_corrupt(struct qcow2 *q, const char *fmt, ...)
 bool qcow2_overlaps_metadata(struct qcow2 *q, uint64_t off, uint64_t len);
 /* The same, and the cached L2 tables: where data may not be written. */
 bool qcow2_overlaps_data_target(struct qcow2 *q, uint64_t off, uint64_t len);
+/* The same for many clusters at once: does any of the sorted cluster
+ * offsets hosts[0..n) overlap the metadata or a cached L2 table? */
+bool qcow2_any_data_target(struct qcow2 *q, const uint64_t *hosts, size_t n);
+/* qsort's comparison of uint64_t. */
+int qcow2_cmp_u64(const void *a, const void *b);
+
+/* ---- vet.c: a freshly read L2 table ---- */
+#define QCOW2_L2_VETTED  1   /* q->l2_vetted: the table was vetted, */
+#define QCOW2_L2_SUSPECT 2   /* and found suspect */
+/* Mark t suspect when an entry points at metadata (no fast path), and on
+ * a writable image check the entries against the refcounts: damage marks
+ * the image corrupt, a COPIED flag on a shared cluster is dropped from
+ * the cached copy.  An error means the table could not be vetted (a
+ * refcount block could not be read): the caller drops it. */
+int qcow2_vet_table(struct qcow2 *q, struct qcow2_table *t);
 
 /* ---- read.c ---- */
 int qcow2_read_compressed(struct qcow2 *q, uint64_t entry, uint8_t *out);

@@ -123,6 +123,23 @@ qcow2_refcount_get(struct qcow2 *q, uint64_t cluster, uint64_t *value)
   return 0;
 }
 
+int
+qcow2_refcount_get_next(struct qcow2 *q, struct qcow2_refcount_cursor *c,
+                        uint64_t cluster, uint64_t *value)
+{
+  uint64_t ri = cluster / q->refblock_entries;
+  if (!c->valid || c->range != ri) {
+    c->valid = false;
+    int err = block_of(q, cluster, &c->t);
+    if (err)
+      return err;
+    c->valid = true;
+    c->range = ri;
+  }
+  *value = c->t ? decode(q, c->t->data, cluster % q->refblock_entries) : 0;
+  return 0;
+}
+
 static int grow_reftable(struct qcow2 *q, uint64_t min_entries);
 
 /* A new refcount block for range ri, appended at the end of the image. */

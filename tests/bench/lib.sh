@@ -9,7 +9,7 @@ size=${BENCH_SIZE:-1G}
 dir=$(mktemp -d "${BENCH_DIR:-/var/tmp}/nbdstack-bench.XXXXXX")
 sock=$dir/sock
 img=$dir/disk.img
-fmt=raw    # the format start_server passes with -f, for $img
+fmt=raw    # the format start_server passes with -f, for $img (empty: no -f)
 results=$dir/results.tsv
 bench=$(dirname "${BASH_SOURCE[0]}")
 pid=
@@ -43,9 +43,9 @@ start_server() {
   local server=$1; shift
   rm -f "$sock"
   case $server in
-    nbdstack) "$nbdstack" -t -e 0 -f "$fmt" -k "$sock" "$@" "$img" 2>/dev/null &
+    nbdstack) "$nbdstack" -t -e 0 ${fmt:+-f "$fmt"} -k "$sock" "$@" "$img" 2>/dev/null &
               pid=$! ;;
-    qemu-nbd) qemu-nbd -t -e 0 -f "$fmt" -k "$sock" "$@" "$img" & pid=$! ;;
+    qemu-nbd) qemu-nbd -t -e 0 ${fmt:+-f "$fmt"} -k "$sock" "$@" "$img" & pid=$! ;;
     nbdkit)   nbdkit -f -U "$sock" "$@" file "$img" & pid=$! ;;
   esac
   for _ in $(seq 100); do [ -S "$sock" ] && return; sleep 0.05; done

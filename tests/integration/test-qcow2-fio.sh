@@ -5,7 +5,7 @@
 #    a verify-only pass on a new connection, on a fresh 256 MiB image and on
 #    an overlay with a raw backing file; then `qemu-img check` must exit 0
 #    (not even leaks) and, for the overlay, the unwritten ranges still read
-#    the backing data.
+#    the backing data.  Also on a 4k-cluster image through a tiny L2 cache.
 # 2. Raw replica: one deterministic sequence (seeded writes of mixed sizes,
 #    zero writes with and without NO_HOLE, trims, flushes; up to 16 requests
 #    in flight, never two overlapping) goes through the server to a qcow2
@@ -31,10 +31,11 @@ import json, sys
 print(json.load(open(sys.argv[1]))["jobs"][0][sys.argv[2]]["io_kbytes"])' "$1" "$2" 2>/dev/null
 }
 
-# fio_case WHAT IMAGE: fio write+verify, verify-only, check.
+# fio_case WHAT IMAGE [SERVER ARGS...]: fio write+verify, verify-only, check.
 fio_case() {
     local what=$1 img=$2
-    dut f -t "$img" || return 1
+    shift 2
+    dut f -t "$@" "$img" || return 1
     local job=(--name=q --ioengine=nbd "--uri=$(uri f)" --rw=randwrite
         --bssplit=512/10:4k/40:16k/15:64k/15:256k/10:1m/10 --iodepth=16
         --size=256M --io_size=96M --verify=crc32c --verify_fatal=1 --randrepeat=1
@@ -65,6 +66,12 @@ fio_case() {
 qemu-img create -q -f qcow2 fresh.qcow2 256M
 fio_case "fresh 256M image" fresh.qcow2
 rm -f fresh.qcow2 ./*.state
+
+# 4 KiB clusters (128 L2 tables) through a 16 KiB L2 cache: tables are
+# evicted dirty and read back (and not vetted again) all the time.
+qemu-img create -q -f qcow2 -o cluster_size=4k small.qcow2 256M
+fio_case "4k clusters, 16K L2 cache" small.qcow2 --l2-cache-size=16K
+rm -f small.qcow2 ./*.state
 
 qemu-img create -q -f raw base.raw 256M
 qio_run "make base.raw" raw base.raw "write -P 0x5c 0 256M"

@@ -10,10 +10,11 @@
 # crash; in a read-write export a write that would hit the damage (or
 # overwrite metadata) fails, metadata is not overwritten, and the image is
 # marked corrupt (incompatible bit 0x2) as QEMU does.
-# Refcounts that contradict the entries (E7, E8): an in-use cluster with
-# refcount 0 marks the image corrupt before the allocator can hand it out,
-# a COPIED flag on a shared cluster is not trusted; QEMU trusts both and
-# loses data (known divergences).
+# Refcounts that contradict the entries (E7-E9): an in-use cluster with
+# refcount 0, or two entries on a cluster counted once, mark the image
+# corrupt before a write can lose data; a COPIED flag on a shared cluster
+# is not trusted; QEMU trusts the refcounts and loses data (known
+# divergences).
 # Known divergence: after a fatal corruption event in a read-write export
 # QEMU makes the whole image unusable (every later request fails with
 # EINVAL); nbdstack keeps serving requests that do not touch the damage.
@@ -219,5 +220,19 @@ known_divergence qemu-nbd "QEMU trusts the COPIED flag and writes in place"
 expect_eq "$(head -c 128k e8-s1.raw | sha256sum)" \
     "$(head -c 128k /dev/zero | tr '\0' '\021' | sha256sum)" \
     "COPIED flags contradicting refcount 2: the snapshot kept its data (sha256 of 0x11 x 128k)"
+
+# E9: two L2 entries of one table on the same data cluster (guest 0 and
+# 64k both at 0x50000, refcount 1): a write to one would change the other.
+cp good.qcow2 e9.qcow2
+poke e9.qcow2 $((0x40008)) 8000000000050000
+if dut e9 -t e9.qcow2; then
+    OPS_OUT=$(nbdops e9 "w 0 131072" "r 0 4096")
+    known_divergence qemu-nbd "QEMU writes both in place"
+    op_is "w 0 131072" "$BADIO" "two entries on one cluster with refcount 1: write refused"
+    op_is "r 0 4096" ok "two entries on one cluster with refcount 1: the cluster still reads"
+    alive_then_stop e9 "two entries on one cluster with refcount 1"
+fi
+known_divergence qemu-nbd "QEMU does not compare entries with refcounts"
+expect_eq "$(($(incompat_bits e9.qcow2) & 2))" 2 "two entries on one cluster with refcount 1: image marked corrupt"
 
 finish
