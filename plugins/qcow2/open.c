@@ -176,6 +176,8 @@ settle_for_writing(struct qcow2 *q)
     if (qcow2_repair_refcounts(q) == -1)
       return -1;
   }
+  if (qcow2_vet_l1(q) == -1)
+    return -1;
   uint64_t keep = bitmaps ? QCOW2_AUTOCLEAR_BITMAPS : 0;
   if (q->h.autoclear & ~keep) {
     q->h.autoclear &= keep;

@@ -265,6 +265,9 @@ int qcow2_cmp_u64(const void *a, const void *b);
  * the cached copy.  An error means the table could not be vetted (a
  * refcount block could not be read): the caller drops it. */
 int qcow2_vet_table(struct qcow2 *q, struct qcow2_table *t);
+/* At a read-write open: L1 entries sharing an L2 table must be counted.
+ * -1 with the error set when not. */
+int qcow2_vet_l1(struct qcow2 *q);
 
 /* ---- read.c ---- */
 int qcow2_read_compressed(struct qcow2 *q, uint64_t entry, uint8_t *out);

@@ -163,3 +163,45 @@ qcow2_vet_table(struct qcow2 *q, struct qcow2_table *t)
   free(u);
   return err;
 }
+
+/* L1 entries that share an L2 table need a refcount of at least their
+ * number, as entries of one table do: else a change to one guest range
+ * would show in the other.  Checked once when a writable image opens (the
+ * L1 table changes later only by this layer, to tables of its own). */
+int
+qcow2_vet_l1(struct qcow2 *q)
+{
+  uint64_t *v = malloc((q->l1_entries ? q->l1_entries : 1) * sizeof *v);
+  if (!v) {
+    nbds_error("qcow2: out of memory checking the L1 table");
+    return -1;
+  }
+  uint64_t n = 0;
+  for (uint64_t i = 0; i < q->l1_entries; i++) {
+    uint64_t l2 = qcow2_l1_get(q, i) & QCOW2_OFFSET_MASK;
+    if (l2)
+      v[n++] = l2;
+  }
+  qsort(v, n, sizeof *v, qcow2_cmp_u64);
+  int r = 0;
+  for (uint64_t i = 0, j; i < n && r == 0; i = j) {
+    for (j = i + 1; j < n && v[j] == v[i]; j++)
+      ;
+    uint64_t refs;
+    if (j - i == 1)
+      continue;
+    if (qcow2_refcount_get(q, v[i] >> q->cluster_bits, &refs)) {
+      nbds_error("qcow2: cannot read the refcount of the L2 table at %#"
+                 PRIx64, v[i]);
+      r = -1;
+    } else if (refs < j - i) {
+      nbds_error("qcow2: %" PRIu64 " L1 entries share the L2 table at %#"
+                 PRIx64 " but its refcount is %" PRIu64 "; open the image "
+                 "read-only, or repair it (qemu-img check -r all)", j - i,
+                 v[i], refs);
+      r = -1;
+    }
+  }
+  free(v);
+  return r;
+}

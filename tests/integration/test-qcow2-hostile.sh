@@ -10,9 +10,10 @@
 # crash; in a read-write export a write that would hit the damage (or
 # overwrite metadata) fails, metadata is not overwritten, and the image is
 # marked corrupt (incompatible bit 0x2) as QEMU does.
-# Refcounts that contradict the entries (E7-E9): an in-use cluster with
+# Refcounts that contradict the entries (E7-E10): an in-use cluster with
 # refcount 0, or two entries on a cluster counted once, mark the image
-# corrupt before a write can lose data; a COPIED flag on a shared cluster
+# corrupt before a write can lose data (two L1 entries on one L2 table
+# refuse the read-write open); a COPIED flag on a shared cluster
 # is not trusted; QEMU trusts the refcounts and loses data (known
 # divergences).
 # Known divergence: after a fatal corruption event in a read-write export
@@ -234,5 +235,22 @@ if dut e9 -t e9.qcow2; then
 fi
 known_divergence qemu-nbd "QEMU does not compare entries with refcounts"
 expect_eq "$(($(incompat_bits e9.qcow2) & 2))" 2 "two entries on one cluster with refcount 1: image marked corrupt"
+
+# E10: two L1 entries on one L2 table counted once (a 1 GiB image: guest
+# [0, 512M) and [512M, 1G) share their mappings).  The read-write open is
+# refused with one line; read-only it serves both ranges alike.
+qemu-img create -q -f qcow2 e10.qcow2 1G
+qio_run "make e10" qcow2 e10.qcow2 "write -P 0x21 0 64k"
+expect_eq "$(peek_hex e10.qcow2 $((0x30000)))" 0x8000000000040000 "image check: e10 L1[0] -> L2 at 0x40000"
+poke e10.qcow2 $((0x30008)) 8000000000040000
+known_divergence qemu-nbd "QEMU does not compare L1 entries with refcounts"
+expect_refused e10 'share.*L2 table.*refcount' "two L1 entries on one L2 table, rw" \
+    "$NBDSTACK" -f qcow2 -t e10.qcow2
+if dut e10r -r -t e10.qcow2; then
+    OPS_OUT=$(nbdops e10r "r 0 4096" "r 536870912 4096")
+    op_is "r 0 4096" ok "two L1 entries on one L2 table, -r: read"
+    op_is "r 536870912 4096" ok "two L1 entries on one L2 table, -r: read of the other range"
+    alive_then_stop e10r "two L1 entries on one L2 table, -r"
+fi
 
 finish
