@@ -305,7 +305,9 @@ qcow2_map_cached(struct qcow2 *q, uint64_t off, uint64_t max,
  * first time it is read; what that found about it stays true while the
  * image is open (only this layer changes it, and a writable image whose
  * entries use a cluster the allocator could hand out is corrupt), so a
- * table read again after eviction is not vetted again. */
+ * table read again after eviction is not vetted again.  Tables this layer
+ * makes count as vetted, so the first reading of a slot always sees the
+ * table as it was at open. */
 static int
 get_table(struct qcow2 *q, uint64_t l1i, uint64_t l2, struct qcow2_table **t)
 {
@@ -411,5 +413,7 @@ qcow2_l2_for_write(struct qcow2 *q, uint64_t off, struct qcow2_table **t,
   l1_set(q, l1i, fresh | QCOW2_COPIED);
   pthread_mutex_unlock(&q->lock);
   free(copy);
+  /* Ours: never vetted (a copy keeps what vetting found of the old). */
+  q->l2_vetted[l1i] |= QCOW2_L2_VETTED;
   return 0;
 }

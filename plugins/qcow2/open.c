@@ -238,5 +238,6 @@ qcow2_open_image(struct qcow2 *q, const char *snapshot,
     return -1;
   if (!q->readonly && settle_for_writing(q) == -1)
     return -1;
+  q->open_end = q->end;
   return 0;
 }

@@ -114,6 +114,8 @@ struct qcow2 {
   struct qcow2_cache refblocks;
   uint64_t free_hint;          /* first cluster that may be free */
   uint64_t end;                /* first cluster past everything in use */
+  uint64_t open_end;           /* end once open: what tables as they were
+                                  at open may point below */
   struct qcow2_free *frees;    /* deferred refcount decrements */
   size_t nfrees, frees_cap;
   bool unsynced;               /* written since the last flush below */

@@ -32,16 +32,17 @@ cmp_use(const void *a, const void *b)
   return x->index < y->index ? -1 : x->index > y->index;
 }
 
-/* The clusters of [off, off+bytes) are inside the file and counted, else
- * the image is marked corrupt.  Returns an error only when a refcount
- * cannot be read. */
+/* The clusters of [off, off+bytes) were inside the file at open (the
+ * table is as it was then: clusters appended since are this layer's) and
+ * are counted, else the image is marked corrupt.  Returns an error only
+ * when a refcount cannot be read. */
 static int
 check_counted(struct qcow2 *q, struct qcow2_refcount_cursor *cur,
               uint64_t off, uint64_t bytes, const char *what,
               uint64_t entry, uint64_t *refs)
 {
   uint64_t last = (off + bytes - 1) >> q->cluster_bits;
-  if (last >= q->end) {
+  if (last >= q->open_end) {
     qcow2_corrupt(q, "%s %#" PRIx64 " points past the end of the image "
                   "file", what, entry);
     return 0;

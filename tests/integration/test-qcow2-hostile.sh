@@ -10,7 +10,7 @@
 # crash; in a read-write export a write that would hit the damage (or
 # overwrite metadata) fails, metadata is not overwritten, and the image is
 # marked corrupt (incompatible bit 0x2) as QEMU does.
-# Refcounts that contradict the entries (E7-E10): an in-use cluster with
+# Refcounts that contradict the entries (E7-E11): an in-use cluster with
 # refcount 0, or two entries on a cluster counted once, mark the image
 # corrupt before a write can lose data (two L1 entries on one L2 table
 # refuse the read-write open); a COPIED flag on a shared cluster
@@ -252,5 +252,25 @@ if dut e10r -r -t e10.qcow2; then
     op_is "r 536870912 4096" ok "two L1 entries on one L2 table, -r: read of the other range"
     alive_then_stop e10r "two L1 entries on one L2 table, -r"
 fi
+
+# E11: a table first read after the allocator appended a cluster, whose
+# entry points at that cluster (past the end of the file at open).  Until
+# the table is read its entry is unknown; when it is, the cluster counts
+# as ours (refcount 1), so only "past the end at open" gives it away.
+qemu-img create -q -f qcow2 e11.qcow2 1G
+qio_run "make e11" qcow2 e11.qcow2 "write -P 0x31 0 64k" "write -P 0x32 512M 64k"
+expect_eq "$(peek_hex e11.qcow2 $((0x30008)))" 0x8000000000060000 "image check: e11 L1[1] -> L2 at 0x60000"
+expect_eq "$(stat -c %s e11.qcow2)" $((0x80000)) "image check: e11 ends at 0x80000"
+poke e11.qcow2 $((0x60008)) 8000000000080000   # guest 512M+64k -> 0x80000
+if dut e11 -t e11.qcow2; then
+    OPS_OUT=$(nbdops e11 "w 65536 65536" "w 536936448 65536" "r 0 4096")
+    op_is "w 65536 65536" ok "entry on a cluster appended since open: the write that appends it"
+    known_divergence qemu-nbd "QEMU writes both guest clusters into one host cluster"
+    op_is "w 536936448 65536" "$BADIO" "entry on a cluster appended since open: write through the hostile entry refused"
+    op_is "r 0 4096" ok "entry on a cluster appended since open: later read"
+    alive_then_stop e11 "entry on a cluster appended since open"
+fi
+known_divergence qemu-nbd "QEMU does not look at where entries point"
+expect_eq "$(($(incompat_bits e11.qcow2) & 2))" 2 "entry on a cluster appended since open: image marked corrupt"
 
 finish
