@@ -239,5 +239,12 @@ qcow2_open_image(struct qcow2 *q, const char *snapshot,
   if (!q->readonly && settle_for_writing(q) == -1)
     return -1;
   q->open_end = q->end;
+  if (!q->readonly) {
+    q->claimed = calloc(q->open_end / 8 + 1, 1);
+    if (!q->claimed) {
+      nbds_error("qcow2: out of memory for the cluster map");
+      return -1;
+    }
+  }
   return 0;
 }

@@ -133,6 +133,7 @@ release(struct qcow2 *q)
   free(q->l1);
   free(q->l1_dirty);
   free(q->l2_vetted);
+  free(q->claimed);
   pthread_mutex_destroy(&q->lock);
   pthread_mutex_destroy(&q->qlock);
   pthread_cond_destroy(&q->qcond);

@@ -116,6 +116,9 @@ struct qcow2 {
   uint64_t end;                /* first cluster past everything in use */
   uint64_t open_end;           /* end once open: what tables as they were
                                   at open may point below */
+  uint8_t *claimed;            /* writable: a bit per cluster below
+                                  open_end in use by a vetted entry or
+                                  handed out by the allocator (vet.c) */
   struct qcow2_free *frees;    /* deferred refcount decrements */
   size_t nfrees, frees_cap;
   bool unsynced;               /* written since the last flush below */
@@ -267,6 +270,9 @@ int qcow2_cmp_u64(const void *a, const void *b);
  * the cached copy.  An error means the table could not be vetted (a
  * refcount block could not be read): the caller drops it. */
 int qcow2_vet_table(struct qcow2 *q, struct qcow2_table *t);
+/* The allocator hands out cluster c: a table vetted later may not use it
+ * unless its refcount says it is shared. */
+void qcow2_claim(struct qcow2 *q, uint64_t c);
 /* At a read-write open: L1 entries sharing an L2 table must be counted.
  * -1 with the error set when not. */
 int qcow2_vet_l1(struct qcow2 *q);

@@ -329,6 +329,7 @@ qcow2_alloc_clusters(struct qcow2 *q, uint64_t n, uint64_t *offset,
     int err = qcow2_refcount_set(q, c, 1);
     if (err)
       return err;
+    qcow2_claim(q, c);
   }
   *offset = start << q->cluster_bits;
   if (zeroed)

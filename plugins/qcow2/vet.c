@@ -75,12 +75,30 @@ drop_copied(struct qcow2 *q, struct qcow2_table *t, uint64_t i)
     qcow2_l2_set(q, t, i, e & ~QCOW2_COPIED, bitmap);
 }
 
-/* One host cluster and the entries [u, u+n) that use it.  Entries of one
- * table on the same cluster (QEMU never makes them: only compressed
- * clusters share, and they are not here) need a refcount of at least
- * their number, else a write to one would change the others.  Entries of
- * different tables are not compared: that is a walk of the whole image
- * (qemu-img check). */
+/* q->claimed: the clusters below the file's end at open that a vetted
+ * table uses, or that the allocator has handed out since.  A table vetted
+ * later (as it was at open) that uses one of them shares it with another
+ * table, or uses a cluster that was free at open: unless the refcount
+ * counts the other user, that is damage.  A bit per cluster: a third user
+ * of a cluster counted twice goes unseen. */
+static bool
+claimed(const struct qcow2 *q, uint64_t c)
+{
+  return (q->claimed[c / 8] >> (c % 8)) & 1;
+}
+
+void
+qcow2_claim(struct qcow2 *q, uint64_t c)
+{
+  if (q->claimed && c < q->open_end)
+    q->claimed[c / 8] |= (uint8_t) (1u << (c % 8));
+}
+
+/* One host cluster and the entries [u, u+n) that use it.  Entries on the
+ * same cluster (QEMU never makes them in the active tables: only
+ * compressed clusters share, and they are not here) need a refcount of at
+ * least their number, else a write to one would change the others, or a
+ * free would leave the others on a free cluster. */
 static int
 check_cluster(struct qcow2 *q, struct qcow2_refcount_cursor *cur,
               struct qcow2_table *t, const struct use *u, uint64_t n)
@@ -91,11 +109,19 @@ check_cluster(struct qcow2 *q, struct qcow2_refcount_cursor *cur,
                           &refs);
   if (err || atomic_load(&q->corrupt))
     return err;
+  uint64_t c = u->host >> q->cluster_bits;
   if (refs < n) {
     qcow2_corrupt(q, "cluster %#" PRIx64 " is used by %" PRIu64 " L2 "
                   "entries but its refcount is %" PRIu64, u->host, n, refs);
     return 0;
   }
+  if (claimed(q, c) && refs < n + 1) {
+    qcow2_corrupt(q, "cluster %#" PRIx64 " is used by another L2 table (or "
+                  "was free at open) but its refcount is %" PRIu64, u->host,
+                  refs);
+    return 0;
+  }
+  qcow2_claim(q, c);
   if (refs > 1)
     for (uint64_t k = 0; k < n; k++)
       drop_copied(q, t, u[k].index);

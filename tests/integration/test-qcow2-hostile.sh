@@ -10,12 +10,12 @@
 # crash; in a read-write export a write that would hit the damage (or
 # overwrite metadata) fails, metadata is not overwritten, and the image is
 # marked corrupt (incompatible bit 0x2) as QEMU does.
-# Refcounts that contradict the entries (E7-E11): an in-use cluster with
-# refcount 0, or two entries on a cluster counted once, mark the image
-# corrupt before a write can lose data (two L1 entries on one L2 table
-# refuse the read-write open); a COPIED flag on a shared cluster
-# is not trusted; QEMU trusts the refcounts and loses data (known
-# divergences).
+# Refcounts that contradict the entries (E7-E12): an in-use cluster with
+# refcount 0, or two entries (of one table or two) on a cluster counted
+# once, mark the image corrupt before a write can lose data (two L1
+# entries on one L2 table refuse the read-write open); a COPIED flag on a
+# shared cluster is not trusted; QEMU trusts the refcounts and loses data
+# (known divergences).
 # Known divergence: after a fatal corruption event in a read-write export
 # QEMU makes the whole image unusable (every later request fails with
 # EINVAL); nbdstack keeps serving requests that do not touch the damage.
@@ -272,5 +272,32 @@ if dut e11 -t e11.qcow2; then
 fi
 known_divergence qemu-nbd "QEMU does not look at where entries point"
 expect_eq "$(($(incompat_bits e11.qcow2) & 2))" 2 "entry on a cluster appended since open: image marked corrupt"
+
+# E12: entries of two different tables on one data cluster (guest 0 and
+# guest 512M both at 0x50000, refcount 1).  Reading guest 0 vets the first
+# table; the second is vetted when the write reaches it.
+qemu-img create -q -f qcow2 e12.qcow2 1G
+qio_run "make e12" qcow2 e12.qcow2 "write -P 0x41 0 64k" "write -P 0x42 512M 64k"
+expect_eq "$(peek_hex e12.qcow2 $((0x60000)))" 0x8000000000070000 "image check: e12 L2 of 512M at 0x60000 -> 0x70000"
+poke e12.qcow2 $((0x60000)) 8000000000050000   # guest 512M -> guest 0's cluster
+if dut e12 -t e12.qcow2; then
+    OPS_OUT=$(nbdops e12 "r 0 4096" "w 536870912 4096" "r 4096 4096")
+    op_is "r 0 4096" ok "entries of two tables on one cluster: read"
+    known_divergence qemu-nbd "QEMU writes guest 0's cluster in place"
+    op_is "w 536870912 4096" "$BADIO" "entries of two tables on one cluster: write through the second refused"
+    op_is "r 4096 4096" ok "entries of two tables on one cluster: later read"
+    alive_then_stop e12 "entries of two tables on one cluster"
+fi
+# pattern_is IMAGE PATTERN OFFSET LENGTH: qemu-io reads the pattern there.
+pattern_is() {
+    local out
+    out=$(qemu-io -r -f qcow2 -c "read -P $2 $3 $4" "$1" 2>&1) &&
+        ! grep -qiE 'fail|error' <<<"$out"
+}
+known_divergence qemu-nbd "QEMU writes guest 0's cluster in place"
+expect_true "entries of two tables on one cluster: guest 0 kept its data" \
+    pattern_is e12.qcow2 0x41 0 64k
+known_divergence qemu-nbd "QEMU does not compare entries with refcounts"
+expect_eq "$(($(incompat_bits e12.qcow2) & 2))" 2 "entries of two tables on one cluster: image marked corrupt"
 
 finish
